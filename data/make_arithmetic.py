@@ -1,0 +1,21 @@
+"""Write data/arithmetic_train.jsonl (unlabeled) and data/arithmetic_heldout.jsonl (with answers, evaluation only).
+
+    python data/make_arithmetic.py [--train 400] [--heldout 200] [--seed 0]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from selfalign.arithmetic import make_splits
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--train", type=int, default=400)
+parser.add_argument("--heldout", type=int, default=200)
+parser.add_argument("--seed", type=int, default=0)
+args = parser.parse_args()
+train, heldout = make_splits(args.train, args.heldout, args.seed)
+here = Path(__file__).parent
+for name, rows in (("arithmetic_train.jsonl", train), ("arithmetic_heldout.jsonl", heldout)):
+    (here / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {len(rows)} rows to {here / name}")

@@ -1,0 +1,109 @@
+"""Typed JSONL records on disk: atomic writes, and reads that name file, line and field on bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+class DataFileError(ValueError):
+    """Bad input in a data file; the message names the file, the line and the field."""
+
+    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str):
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+        where = str(path) + (f", line {line}" if line is not None else "")
+        what = f", field '{field}'" if field else ""
+        super().__init__(f"{where}{what}: {problem}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block finishes.
+
+    A kill mid-write leaves the old file (or nothing) in place, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`, renamed to `path` when the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            if not force:
+                raise FileExistsError(f"{path} appeared while writing; not overwriting it")
+            shutil.rmtree(path)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> int:
+    """Write records as JSONL atomically; return how many were written."""
+    count = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            row = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; bad JSON raises DataFileError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(path, None, None, "file not found")
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFileError(path, line_number, None, f"not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataFileError(path, line_number, None, "expected a JSON object")
+            yield line_number, obj
+
+
+def read_jsonl(path: str | Path, record_type: type[Record]) -> list[Record]:
+    """Read and validate every line as `record_type`; the first bad one raises DataFileError."""
+    records = []
+    for line_number, obj in read_json_lines(path):
+        try:
+            records.append(record_type.model_validate(obj))
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or None
+            raise DataFileError(path, line_number, field, err["msg"]) from None
+    return records
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Scorers that turn samples into scored samples without human labels."""

@@ -1,0 +1,140 @@
+"""Where a judge's verdicts come from: a local model (the policy itself or another), or an OpenAI-compatible endpoint.
+
+Both give greedy text completions of chat messages and, for pairwise judging, the probabilities of the two answer
+letters read from the next-token distribution (AlpacaEval 2.0's weighted annotator reads "m"/"M" the same way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def letter_probabilities(top: dict[str, float], letters=("A", "B")) -> dict[str, float] | None:
+    """Renormalize the mass on the answer letters (tokens like ' A' count for 'A'); None if neither appears."""
+    mass = {letter: 0.0 for letter in letters}
+    for token, logprob in top.items():
+        key = token.strip()
+        if key in mass:
+            mass[key] += math.exp(logprob)
+    total = sum(mass.values())
+    return {k: v / total for k, v in mass.items()} if total > 0 else None
+
+
+class LocalJudge:
+    """A transformers model as judge. Pass `model_obj`/`tokenizer` to judge with a policy already in memory."""
+
+    def __init__(self, model: str = "default", model_obj=None, tokenizer=None, device: str = "auto",
+                 batch_size: int = 8, max_new_tokens: int = 256):
+        from selfalign.generation.hf_engine import HFEngine
+
+        self.engine = HFEngine(model, device=device, model_obj=model_obj, tokenizer=tokenizer)
+        self.name = f"local:{model}"
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+
+    def complete(self, chats: list[list[dict]]) -> list[str]:
+        from selfalign.generation import SamplingSettings
+        from selfalign.records import PromptRecord
+
+        prompts = [PromptRecord(id=str(i), messages=chat) for i, chat in enumerate(chats)]
+        samples = self.engine.generate(prompts, SamplingSettings(temperature=0.0, max_new_tokens=self.max_new_tokens))
+        return [s.text for s in samples]
+
+    @torch.no_grad()
+    def letter_probs(self, chats: list[list[dict]], letters=("A", "B")) -> list[dict[str, float] | None]:
+        from selfalign.generation import chat_token_ids
+
+        tokenizer, model = self.engine.tokenizer, self.engine.model
+        letter_ids = {letter: [tokenizer.encode(v, add_special_tokens=False)[0] for v in (letter, " " + letter)]
+                      for letter in letters}
+        results = []
+        for start in range(0, len(chats), self.batch_size):
+            encoded = [chat_token_ids(tokenizer, chat) for chat in chats[start:start + self.batch_size]]
+            width = max(map(len, encoded))
+            ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+            mask = torch.zeros_like(ids)
+            for row, tokens in enumerate(encoded):
+                ids[row, width - len(tokens):] = torch.tensor(tokens)
+                mask[row, width - len(tokens):] = 1
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, -1]
+            logprobs = logits.float().log_softmax(-1).cpu()
+            for row in range(len(encoded)):
+                top = {tokenizer.decode([i]): float(logprobs[row, i]) for ids_ in letter_ids.values() for i in ids_}
+                results.append(letter_probabilities(top, letters))
+        return results
+
+
+class OpenAIJudge:
+    """Any OpenAI-compatible chat endpoint, through the `openai` client.
+
+    Retries with exponential backoff are the client's own (`max_retries`); `concurrency` bounds requests in flight;
+    answers are cached in a JSONL file keyed by a hash of the request, so a rerun does not pay twice. The API key is
+    read from the environment variable named by `api_key_env` and never written anywhere.
+    """
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 8, max_retries: int = 5, timeout: float = 120.0, cache_path: str | Path | None = None,
+                 max_tokens: int = 512):
+        from openai import OpenAI
+
+        self.model, self.name, self.max_tokens, self.concurrency = model, f"openai:{model}", max_tokens, concurrency
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
+                             max_retries=max_retries, timeout=timeout)
+        self.cache_path = Path(cache_path) if cache_path else None
+        self._cache: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self.requests_sent = 0
+        if self.cache_path and self.cache_path.exists():
+            for line in self.cache_path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self._cache[row["key"]] = row["response"]
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line torn by a kill: that request is simply asked again
+
+    def _request(self, body: dict) -> dict:
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        response = self.client.chat.completions.create(**body).model_dump()
+        with self._lock:
+            self.requests_sent += 1
+            self._cache[key] = response
+            if self.cache_path:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.cache_path, "a", encoding="utf-8") as f:  # one whole line per answer
+                    f.write(json.dumps({"key": key, "response": response}) + "\n")
+        return response
+
+    def _map(self, bodies: list[dict]) -> list[dict]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._request, bodies))
+
+    def complete(self, chats: list[list[dict]]) -> list[str]:
+        bodies = [{"model": self.model, "messages": chat, "temperature": 0.0, "max_tokens": self.max_tokens}
+                  for chat in chats]
+        return [r["choices"][0]["message"]["content"] or "" for r in self._map(bodies)]
+
+    def letter_probs(self, chats: list[list[dict]], letters=("A", "B")) -> list[dict[str, float] | None]:
+        bodies = [{"model": self.model, "messages": chat, "temperature": 0.0, "max_tokens": 1, "logprobs": True,
+                   "top_logprobs": 20} for chat in chats]
+        results = []
+        for response in self._map(bodies):
+            content = (response["choices"][0].get("logprobs") or {}).get("content") or []
+            if not content:
+                results.append(None)  # the endpoint gives no log-probs: the caller falls back to verdict text
+                continue
+            top = {t["token"]: t["logprob"] for t in content[0].get("top_logprobs") or []}
+            results.append(letter_probabilities(top, letters))
+        return results

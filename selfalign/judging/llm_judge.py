@@ -1,0 +1,86 @@
+"""LLM-as-judge scoring: pointwise 1-10 ratings (MT-Bench style) and position-debiased pairwise preferences.
+
+Pairwise judging asks both orders. With log-probabilities, the preference for a over b is the mean of
+P(a wins | a shown first) and P(a wins | a shown second), read from the answer letters; without, each order gives a
+verdict and two orders that disagree count as a tie. Unparsable verdicts are abstentions, counted, never a 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+
+from selfalign.judging.prompts import (pairwise_messages, parse_pair_verdict, parse_rating, pointwise_messages)
+from selfalign.records import Sample, ScoredSample
+
+
+def question_of(sample: Sample) -> str:
+    return "\n\n".join(m.content for m in sample.messages if m.role == "user")
+
+
+def judge_pointwise(judge, samples: list[Sample], references: dict[str, str] | None = None,
+                    stats: Counter | None = None) -> list[ScoredSample]:
+    """Rate each sample 1-10; `references` maps prompt id to a reference answer for graded categories."""
+    references = references or {}
+    chats = [pointwise_messages(question_of(s), s.text, references.get(s.prompt_id)) for s in samples]
+    judgments = judge.complete(chats)
+    stats = stats if stats is not None else Counter()
+    scored = []
+    for sample, judgment in zip(samples, judgments):
+        rating = parse_rating(judgment)
+        stats["abstained" if rating is None else "rated"] += 1
+        scored.append(ScoredSample(**sample.model_dump(), score=rating, scorer=f"llm-judge-pointwise:{judge.name}"))
+    return scored
+
+
+def pairwise_preferences(judge, question: str, pairs: list[tuple[str, str]], use_logprobs: bool = True,
+                         stats: Counter | None = None) -> list[float | None]:
+    """For each (a, b): P(a preferred over b) in [0, 1], debiased over both orders; None is an abstention."""
+    stats = stats if stats is not None else Counter()
+    if use_logprobs:
+        forward = judge.letter_probs([pairwise_messages(question, a, b, letter_only=True) for a, b in pairs])
+        backward = judge.letter_probs([pairwise_messages(question, b, a, letter_only=True) for a, b in pairs])
+        if all(p is not None for p in forward + backward):
+            stats["pairs_logprob"] += len(pairs)
+            return [(f["A"] + r["B"]) / 2 for f, r in zip(forward, backward)]
+        stats["logprobs_unavailable"] += 1
+    forward = judge.complete([pairwise_messages(question, a, b, letter_only=False) for a, b in pairs])
+    backward = judge.complete([pairwise_messages(question, b, a, letter_only=False) for a, b in pairs])
+    preferences = []
+    for first, second in zip(forward, backward):
+        v1, v2 = parse_pair_verdict(first), parse_pair_verdict(second)
+        if v1 is None or v2 is None:
+            stats["abstained"] += 1
+            preferences.append(None)
+            continue
+        a_first = {"A": 1.0, "B": 0.0, "tie": 0.5}[v1]
+        a_second = {"A": 0.0, "B": 1.0, "tie": 0.5}[v2]  # in the swapped order, a is assistant B
+        if a_first != a_second:
+            stats["order_disagreement_tie"] += 1
+            preferences.append(0.5)
+        else:
+            stats["pairs_verdict"] += 1
+            preferences.append(a_first)
+    return preferences
+
+
+def judge_pairwise(judge, samples: list[Sample], use_logprobs: bool = True,
+                   stats: Counter | None = None) -> list[ScoredSample]:
+    """Score each sample by its mean preference against every other sample of the same prompt (round robin)."""
+    by_prompt: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_prompt[sample.prompt_id].append(sample)
+    scored = []
+    for group in by_prompt.values():
+        index_pairs = list(itertools.combinations(range(len(group)), 2))
+        prefs = pairwise_preferences(judge, question_of(group[0]), [(group[i].text, group[j].text)
+                                                                     for i, j in index_pairs], use_logprobs, stats)
+        wins: dict[int, list[float]] = defaultdict(list)
+        for (i, j), p in zip(index_pairs, prefs):
+            if p is not None:
+                wins[i].append(p)
+                wins[j].append(1 - p)
+        for index, sample in enumerate(group):
+            score = sum(wins[index]) / len(wins[index]) if wins[index] else None
+            scored.append(ScoredSample(**sample.model_dump(), score=score, scorer=f"llm-judge-pairwise:{judge.name}"))
+    return scored

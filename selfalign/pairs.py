@@ -1,0 +1,137 @@
+"""Turn scored samples into preference data: pairs (TRL's conversational format), ScPO pairs, or ranked lists.
+
+Every drop is counted by reason in a report, so a user can see why a prompt gave no pair.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfalign.records import Message, PreferencePair, RankedList, ScoredSample
+
+
+class PairOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["pairs", "scpo", "lists"] = "pairs"
+    min_margin: float = Field(0.0, ge=0, description="pairs: least score difference kept (ties are always dropped)")
+    vote_threshold: int = Field(1, ge=1, description="scpo: keep a prompt only if V(chosen) >= this (tau)")
+    max_pairs_per_prompt: int = Field(1, ge=1)
+    max_length_ratio: float | None = Field(None, gt=1.0, description="drop pairs whose chosen is this many times "
+                                           "longer than the rejected (a guard against judges that reward length)")
+    reject_unanswered: bool = Field(True, description="scpo: a sample with no answer (0 votes) may be rejected")
+    drop_identical: bool = True
+
+
+def _assistant(text: str) -> list[Message]:
+    return [Message(role="assistant", content=text)]
+
+
+def _length_ratio(chosen: str, rejected: str) -> float:
+    return max(len(chosen), 1) / max(len(rejected), 1)
+
+
+def _make_pair(chosen: ScoredSample, rejected: ScoredSample, weight: float, chosen_score, rejected_score):
+    return PreferencePair(prompt=chosen.messages, chosen=_assistant(chosen.text), rejected=_assistant(rejected.text),
+                          prompt_id=chosen.prompt_id, weight=weight, chosen_score=chosen_score,
+                          rejected_score=rejected_score)
+
+
+def _guard(chosen: ScoredSample, rejected: ScoredSample, options: PairOptions) -> str | None:
+    """The reason to drop this pair, or None to keep it."""
+    if options.drop_identical and chosen.text.strip() == rejected.text.strip():
+        return "identical_texts"
+    if options.max_length_ratio and _length_ratio(chosen.text, rejected.text) > options.max_length_ratio:
+        return "length_guard"
+    return None
+
+
+def _score_pairs(group: list[ScoredSample], options: PairOptions, report: Counter) -> list[PreferencePair]:
+    rated = [s for s in group if s.score is not None]
+    report["samples_unscored"] += len(group) - len(rated)
+    candidates = sorted(((a, b) for a in rated for b in rated if a.score > b.score),
+                        key=lambda ab: (ab[1].score - ab[0].score, ab[0].sample_index, ab[1].sample_index))
+    if not candidates:
+        report["dropped_all_tied" if len(rated) >= 2 else "dropped_fewer_than_two_scored"] += 1
+        return []
+    kept = []
+    for chosen, rejected in candidates:
+        margin = chosen.score - rejected.score
+        reason = "small_margin" if margin < options.min_margin else _guard(chosen, rejected, options)
+        if reason:
+            report[f"pairs_dropped_{reason}"] += 1
+            continue
+        kept.append(_make_pair(chosen, rejected, 1.0, chosen.score, rejected.score))
+        if len(kept) == options.max_pairs_per_prompt:
+            break
+    return kept
+
+
+def _scpo_pairs(group: list[ScoredSample], options: PairOptions, report: Counter) -> list[PreferencePair]:
+    """ScPO: chosen = a sample of the most-voted answer, rejected = one of the least-voted; w = (V+ - V-)/k."""
+    k = len(group)
+    answered = [s for s in group if s.answer is not None]
+    if not answered:
+        report["dropped_no_answers"] += 1
+        return []
+    top_votes = max(s.votes for s in answered)
+    if top_votes < options.vote_threshold:
+        report["dropped_below_vote_threshold"] += 1
+        return []
+    pool = group if options.reject_unanswered else answered
+    low_votes = min(s.votes or 0 for s in pool)
+    if low_votes == top_votes:
+        report["dropped_votes_tied"] += 1
+        return []
+    chosen_pool = [s for s in answered if s.votes == top_votes]
+    rejected_pool = [s for s in pool if (s.votes or 0) == low_votes]
+    kept = []
+    for chosen in chosen_pool:
+        for rejected in rejected_pool:
+            reason = _guard(chosen, rejected, options)
+            if reason:
+                report[f"pairs_dropped_{reason}"] += 1
+                continue
+            kept.append(_make_pair(chosen, rejected, (top_votes - low_votes) / k, top_votes / k, low_votes / k))
+            report["vote_margin_sum"] += top_votes - low_votes
+            if len(kept) == options.max_pairs_per_prompt:
+                return kept
+    return kept
+
+
+def _ranked_list(group: list[ScoredSample], options: PairOptions, report: Counter) -> list[RankedList]:
+    rated, seen = [], set()
+    for s in sorted(group, key=lambda s: -(s.score if s.score is not None else float("-inf"))):
+        if s.score is None:
+            report["samples_unscored"] += 1
+        elif options.drop_identical and s.text.strip() in seen:
+            report["samples_dropped_identical_texts"] += 1
+        else:
+            seen.add(s.text.strip())
+            rated.append(s)
+    if len({s.score for s in rated}) < 2:
+        report["dropped_all_tied" if len(rated) >= 2 else "dropped_fewer_than_two_scored"] += 1
+        return []
+    return [RankedList(prompt=rated[0].messages, completions=[_assistant(s.text) for s in rated],
+                       scores=[s.score for s in rated], prompt_id=rated[0].prompt_id)]
+
+
+def build_preferences(scored: list[ScoredSample], options: PairOptions) -> tuple[list, dict]:
+    """Group by prompt, build records by `options.mode`, and report counts of what was kept and dropped."""
+    by_prompt: dict[str, list[ScoredSample]] = defaultdict(list)
+    for sample in scored:
+        by_prompt[sample.prompt_id].append(sample)
+    builder = {"pairs": _score_pairs, "scpo": _scpo_pairs, "lists": _ranked_list}[options.mode]
+    report: Counter = Counter()
+    records = []
+    for group in by_prompt.values():
+        built = builder(sorted(group, key=lambda s: s.sample_index), options, report)
+        report["prompts_kept" if built else "prompts_dropped"] += 1
+        records.extend(built)
+    summary = {"mode": options.mode, "prompts": len(by_prompt), "records": len(records), **dict(sorted(report.items()))}
+    if options.mode == "scpo" and records:
+        summary["mean_vote_margin"] = summary.pop("vote_margin_sum") / len(records)
+        summary["mean_weight"] = sum(r.weight for r in records) / len(records)
+    return records, summary
