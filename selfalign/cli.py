@@ -185,6 +185,73 @@ def build_pairs(
     console.print(f"{report['records']} records from {report['prompts']} prompts -> {out}; {report}")
 
 
+def _parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` strings; values are parsed as YAML so numbers, booleans and lists work."""
+    import yaml
+
+    out = {}
+    for item in pairs:
+        if "=" not in item:
+            _fail(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_train_config(config: Optional[Path], overrides: dict):
+    import yaml
+    from pydantic import ValidationError
+
+    from selfalign.training.config import TrainConfig
+
+    values = {}
+    if config is not None:
+        if not config.exists():
+            _fail(f"{config}: file not found")
+        values = yaml.safe_load(config.read_text()) or {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = f"{config}: " if config else ""
+        _fail(f"{where}field '{'.'.join(map(str, err['loc']))}': {err['msg']}")
+
+
+@app.command()
+def train(
+    pairs: Path = typer.Option(..., help="pairs JSONL (or ranked lists for --loss lipo)"),
+    out: Path = typer.Option(..., help="output folder: checkpoints/, final/, metrics.jsonl, logs/"),
+    config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields (TRL's names)"),
+    model: Optional[str] = typer.Option(None, help="policy and reference model (default: 'default')"),
+    loss: Optional[str] = typer.Option(None, help="dpo | cdpo | ipo | ln_dpo | rpo | simpo | scpo | lipo | srpo"),
+    beta: Optional[float] = None,
+    learning_rate: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    num_train_epochs: Optional[float] = None,
+    per_device_train_batch_size: Optional[int] = None,
+    gradient_accumulation_steps: Optional[int] = None,
+    use_peft: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA adapter or full finetuning"),
+    set_: list[str] = typer.Option([], "--set", help="any other TrainConfig field, key=value (repeatable)"),
+) -> None:
+    """Train the policy on preference data with a DPO-family, ScPO, LiPO-λ or SRPO loss. Resumes after a kill."""
+    from selfalign.io import DataFileError
+    from selfalign.training.trainer import train as run_training
+
+    overrides = {"model": model, "loss_type": loss, "beta": beta, "learning_rate": learning_rate,
+                 "max_steps": max_steps, "num_train_epochs": num_train_epochs,
+                 "per_device_train_batch_size": per_device_train_batch_size,
+                 "gradient_accumulation_steps": gradient_accumulation_steps, "use_peft": use_peft,
+                 **_parse_overrides(set_)}
+    cfg = load_train_config(config, overrides)
+    try:
+        summary = run_training(cfg, pairs, out)
+    except (DataFileError, ValueError, RuntimeError) as e:
+        _fail(str(e))
+    console.print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s on {summary['world_size']} "
+                  f"process(es) -> {summary['output']}")
+
+
 @app.command()
 def serve(
     model: str = typer.Option("default", help="hub id, local folder, or 'default'"),

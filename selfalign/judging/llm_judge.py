@@ -48,20 +48,25 @@ def pairwise_preferences(judge, question: str, pairs: list[tuple[str, str]], use
     backward = judge.complete([pairwise_messages(question, b, a, letter_only=False) for a, b in pairs])
     preferences = []
     for first, second in zip(forward, backward):
-        v1, v2 = parse_pair_verdict(first), parse_pair_verdict(second)
-        if v1 is None or v2 is None:
-            stats["abstained"] += 1
-            preferences.append(None)
-            continue
-        a_first = {"A": 1.0, "B": 0.0, "tie": 0.5}[v1]
-        a_second = {"A": 0.0, "B": 1.0, "tie": 0.5}[v2]  # in the swapped order, a is assistant B
-        if a_first != a_second:
-            stats["order_disagreement_tie"] += 1
-            preferences.append(0.5)
-        else:
-            stats["pairs_verdict"] += 1
-            preferences.append(a_first)
+        preference, outcome = combine_verdicts(parse_pair_verdict(first), parse_pair_verdict(second))
+        stats[outcome] += 1
+        preferences.append(preference)
     return preferences
+
+
+def combine_verdicts(a_first: str | None, a_second: str | None) -> tuple[float | None, str]:
+    """P(a over b) from the verdict with a shown first and the verdict with a shown second (where a is 'B').
+
+    Either unparsable -> abstention (None); the two orders disagreeing -> a tie (0.5), since position bias, not
+    quality, decided at least one of them.
+    """
+    if a_first is None or a_second is None:
+        return None, "abstained"
+    first = {"A": 1.0, "B": 0.0, "tie": 0.5}[a_first]
+    second = {"A": 0.0, "B": 1.0, "tie": 0.5}[a_second]
+    if first != second:
+        return 0.5, "order_disagreement_tie"
+    return first, "pairs_verdict"
 
 
 def judge_pairwise(judge, samples: list[Sample], use_logprobs: bool = True,

@@ -38,9 +38,10 @@ PAIRWISE_VERDICT = ('After a short explanation, output your final verdict by str
 
 
 def quote(text: str) -> str:
-    """Wrap judged text in delimiters; defuse delimiters and [[...]] verdict markers that it contains."""
+    """Wrap judged text in delimiters; defuse delimiters and the brackets of verdict markers in it."""
     text = text.replace("<<<", "< < <").replace(">>>", "> > >")
-    text = text.replace("[[", "[ [").replace("]]", "] ]")
+    # Full-width brackets read the same to a judge but can never parse as a [[rating]] or [rating] verdict.
+    text = text.replace("[", "\uff3b").replace("]", "\uff3d")
     return f"{OPEN}\n{text}\n{CLOSE}"
 
 

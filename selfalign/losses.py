@@ -1,0 +1,156 @@
+"""Preference losses as pure functions on per-sequence log-probabilities.
+
+Inputs are summed completion log-probs under the policy (`policy_*_logps`) and the reference (`ref_*_logps`),
+shape (B,), plus lengths, weights or scores where a loss needs them. Each returns `(losses, chosen_rewards,
+rejected_rewards)` with per-example losses (B,) and detached implicit rewards; the caller reduces and logs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _rewards(beta: float, policy_logps: Tensor, ref_logps: Tensor) -> Tensor:
+    return (beta * (policy_logps - ref_logps)).detach()
+
+
+def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+             ref_rejected_logps: Tensor, beta: float = 0.1, label_smoothing: float = 0.0):
+    """DPO (Rafailov et al. 2023, arXiv:2305.18290); with `label_smoothing` ε > 0, conservative DPO (cDPO).
+
+        h = [log π(y+|x) - log π_ref(y+|x)] - [log π(y-|x) - log π_ref(y-|x)]
+        L = -(1 - ε) log σ(β h) - ε log σ(-β h)
+
+    "Your language model is secretly a reward model": the policy's log-ratio is an implicit reward r = β log π/π_ref.
+    β in 0.01-0.5 (0.1 usual); ε assumes labels flip with probability ε (cDPO, Mitchell 2023), 0-0.2.
+    """
+    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    return losses, _rewards(beta, policy_chosen_logps, ref_chosen_logps), _rewards(beta, policy_rejected_logps,
+                                                                                   ref_rejected_logps)
+
+
+def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+             ref_rejected_logps: Tensor, chosen_lengths: Tensor, rejected_lengths: Tensor, beta: float = 0.1):
+    """IPO (Azar et al. 2023, arXiv:2310.12036, Eq. 17), log-ratios averaged per token as TRL does.
+
+        h = [log π/π_ref](y+)/|y+| - [log π/π_ref](y-)/|y-|,   L = (h - 1/(2β))²
+
+    A squared loss regresses the margin to 1/(2β) instead of pushing it to infinity, so it does not overfit
+    deterministic preferences. β (τ in the paper) 0.01-1.
+    """
+    h = (policy_chosen_logps - ref_chosen_logps) / chosen_lengths - (policy_rejected_logps - ref_rejected_logps) / \
+        rejected_lengths
+    losses = (h - 1 / (2 * beta)) ** 2
+    return losses, _rewards(beta, policy_chosen_logps, ref_chosen_logps), _rewards(beta, policy_rejected_logps,
+                                                                                   ref_rejected_logps)
+
+
+def ln_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+                ref_rejected_logps: Tensor, chosen_lengths: Tensor, rejected_lengths: Tensor, beta: float = 0.1):
+    """Length-normalized DPO (LN-DPO; Meng et al. 2024 arXiv:2405.14734 §2; TRL's `sigmoid_norm`).
+
+        h = [log π/π_ref](y+)/|y+| - [log π/π_ref](y-)/|y-|,   L = -log σ(β h)
+
+    Dividing by length removes DPO's pull toward longer answers. Per-token ratios are small: use a larger β (1-5).
+    """
+    h = (policy_chosen_logps - ref_chosen_logps) / chosen_lengths - (policy_rejected_logps - ref_rejected_logps) / \
+        rejected_lengths
+    return -F.logsigmoid(beta * h), _rewards(beta, policy_chosen_logps, ref_chosen_logps), \
+        _rewards(beta, policy_rejected_logps, ref_rejected_logps)
+
+
+def rpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+             ref_rejected_logps: Tensor, chosen_lengths: Tensor, beta: float = 0.1, alpha: float = 1.0):
+    """DPO + NLL on the chosen answer (RPO; Pang et al. 2024 arXiv:2404.19733, Liu et al. 2024 arXiv:2405.16436).
+
+        L = L_DPO - α log π(y+|x) / |y+|
+
+    The NLL term keeps the chosen answer's likelihood from falling, which plain DPO allows. α 0.2-1.
+    """
+    losses, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                                        ref_rejected_logps, beta)
+    return losses - alpha * policy_chosen_logps / chosen_lengths, chosen_rewards, rejected_rewards
+
+
+def simpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, chosen_lengths: Tensor,
+               rejected_lengths: Tensor, beta: float = 2.0, gamma: float = 0.5):
+    """SimPO (Meng et al. 2024, arXiv:2405.14734): reference-free, length-normalized, with a target margin γ.
+
+        L = -log σ(β log π(y+|x)/|y+| - β log π(y-|x)/|y-| - γ)
+
+    "The average log-likelihood is the implicit reward", so no reference model is needed. β 2-10, γ 0.3-1.6.
+    Rewards returned are β times the average log-likelihoods.
+    """
+    chosen = beta * policy_chosen_logps / chosen_lengths
+    rejected = beta * policy_rejected_logps / rejected_lengths
+    return -F.logsigmoid(chosen - rejected - gamma), chosen.detach(), rejected.detach()
+
+
+def scpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+              ref_rejected_logps: Tensor, chosen_lengths: Tensor, weights: Tensor, beta: float = 0.1,
+              alpha: float = 1.0):
+    """ScPO, Self-Consistency Preference Optimization (Prasad et al. 2024, arXiv:2411.04109, Eq. 2).
+
+        L = -w log σ(β h) - α w log π(y+|x)/|y+|,   w = (V(y+) - V(y-)) / k
+
+    with h the DPO log-ratio margin against the previous iterate and V the votes among k samples: "pairs where the
+    model is more consistent get more weight". α 0-1 (the paper's NLL weight), β 0.1-0.5.
+    """
+    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    losses = -weights * F.logsigmoid(beta * h) - alpha * weights * policy_chosen_logps / chosen_lengths
+    return losses, _rewards(beta, policy_chosen_logps, ref_chosen_logps), _rewards(beta, policy_rejected_logps,
+                                                                                   ref_rejected_logps)
+
+
+def lipo_lambda_loss(policy_logps: Tensor, ref_logps: Tensor, scores: Tensor, mask: Tensor | None = None,
+                     beta: float = 0.1, lambda_weights: bool = True):
+    """LiPO-λ (Liu et al. 2024, arXiv:2402.01878, Eq. 11): listwise, a LambdaLoss over the list's implicit rewards.
+
+        s_i = β [log π(y_i|x) - log π_ref(y_i|x)]
+        L = Σ_{ψ_i > ψ_j} Δ_ij · (-log σ(s_i - s_j)),   Δ_ij = |G_i - G_j| · |1/D(τ_i) - 1/D(τ_j)|
+        G = 2^ψ - 1,   D(τ) = log2(1 + τ),   τ_i = rank of s_i in the list (1 = highest), Δ without gradient
+
+    Shapes: (B, K) for logps, scores ψ and `mask` (True where a completion exists). With K = 2 and Δ = 1
+    (`lambda_weights=False`) this is DPO. Returns per-list losses (B,) and the rewards s (B, K) twice (chosen and
+    rejected have no meaning for a list).
+    """
+    if mask is None:
+        mask = torch.ones_like(scores, dtype=torch.bool)
+    s = beta * (policy_logps - ref_logps)
+    pair_mask = (scores[:, :, None] > scores[:, None, :]) & mask[:, :, None] & mask[:, None, :]
+    if lambda_weights:
+        with torch.no_grad():
+            masked_s = s.detach().masked_fill(~mask, float("-inf"))
+            order = masked_s.argsort(dim=1, descending=True)
+            ranks = torch.empty_like(order)
+            ranks.scatter_(1, order, torch.arange(1, s.shape[1] + 1, device=s.device).expand_as(order))
+            gains = 2 ** scores - 1
+            inv_discount = 1 / torch.log2(1 + ranks.to(s.dtype))
+            delta = (gains[:, :, None] - gains[:, None, :]).abs() * \
+                (inv_discount[:, :, None] - inv_discount[:, None, :]).abs()
+    else:
+        delta = torch.ones_like(pair_mask, dtype=s.dtype)
+    pairwise = -F.logsigmoid(s[:, :, None] - s[:, None, :])
+    losses = (delta * pairwise * pair_mask).sum(dim=(1, 2))
+    return losses, s.detach(), s.detach()
+
+
+def srpo_loss(r_w_given_l: Tensor, r_l_given_l: Tensor, r_w_given_w: Tensor, r_l_given_w: Tensor, r_w: Tensor,
+              r_l: Tensor, beta: float = 0.1, alpha: float = 0.8):
+    """SRPO, Self-Improving Robust Preference Optimization (Choi et al. 2024, arXiv:2406.01660), offline loss.
+
+        self = (½ - β[r(w|l) - r(l|l)])² + (½ - β[r(w|w) - r(l|w)])²
+        gen  = (β[r(w|l) + r(w) - r(l|w) - r(l)] - 1)²
+        L    = α·self + (1 - α)·gen
+
+    r(a|b) = log π(a | x, b)/π_ref(a | x, b) is the log-ratio of answer a given the revision prompt built from answer
+    b, and r(a) the plain log-ratio. The policy learns to improve (revise) answers and to generate answers that need
+    little revision; the squared (IPO-like) form makes it robust to the preference distribution. α = 0.8 default.
+    Rewards returned: β r(w) and β r(l).
+    """
+    self_term = (0.5 - beta * (r_w_given_l - r_l_given_l)) ** 2 + (0.5 - beta * (r_w_given_w - r_l_given_w)) ** 2
+    gen_term = (beta * (r_w_given_l + r_w - r_l_given_w - r_l) - 1) ** 2
+    return alpha * self_term + (1 - alpha) * gen_term, (beta * r_w).detach(), (beta * r_l).detach()

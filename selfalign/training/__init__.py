@@ -1,0 +1,1 @@
+"""Preference training: config, data (tokenized sequence groups), objectives, and the training loop."""

@@ -1,0 +1,52 @@
+"""Training configuration, with TRL's names where TRL has the same knob."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LOSS_TYPES = ("dpo", "cdpo", "ipo", "ln_dpo", "rpo", "simpo", "scpo", "lipo", "srpo")
+LossType = Literal["dpo", "cdpo", "ipo", "ln_dpo", "rpo", "simpo", "scpo", "lipo", "srpo"]
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("default", description="the policy to train; also the reference (the previous iterate)")
+    loss_type: LossType = "dpo"
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's ε (loss_type cdpo)")
+    alpha: float = Field(1.0, ge=0, description="NLL weight for rpo/scpo; self-vs-generative mix for srpo")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target margin γ")
+    lipo_lambda_weights: bool = Field(True, description="LiPO-λ's Δ weights (False: every ordered pair weighs 1)")
+
+    learning_rate: float = Field(5e-6, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="optimizer steps; overrides num_train_epochs when > 0")
+    per_device_train_batch_size: int = Field(2, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = Field(1024, ge=8, description="prompt + completion tokens")
+    max_prompt_length: int = Field(512, ge=1)
+    seed: int = 42
+
+    use_peft: bool = Field(True, description="train a LoRA adapter (False: full finetuning)")
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | str = "all-linear"
+    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights through bitsandbytes (GPU only)")
+    gradient_checkpointing: bool = False
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    precompute_ref_log_probs: bool = Field(True, description="one reference pass before training; else a live "
+                                           "reference (adapter disabled with LoRA, a frozen copy otherwise)")
+
+    logging_steps: int = 1
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = 2
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    record_rank_checksums: bool = Field(False, description="each rank writes a checksum of its weights (tests)")

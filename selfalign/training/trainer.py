@@ -1,0 +1,292 @@
+"""The preference training loop, on accelerate: reads like the algorithm, top to bottom.
+
+    load policy (+ LoRA) -> tokenize groups -> reference log-probs (one pass, or live)
+    -> for each batch: one forward over all sequences, loss, step -> checkpoint -> save adapter or model
+
+Launch on one process with `selfalign train ...`, or on many with
+`accelerate launch --config_file accelerate_configs/ddp.yaml -m selfalign.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from selfalign.io import write_json
+from selfalign.training.config import TrainConfig
+from selfalign.training.data import collate, read_preferences, sequence_logps, tokenize_records
+from selfalign.training.objective import preference_loss
+
+log = logging.getLogger(__name__)
+REFERENCE_FREE = {"simpo"}
+
+
+def make_accelerator(cfg: TrainConfig, out_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+
+    handlers = []
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if multi_process and not torch.cuda.is_available():  # on CPU, name gloo explicitly (else one process runs)
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    report_to = [r for r in cfg.report_to if r != "wandb" or _wandb_available()]
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=report_to or None,
+                              project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
+                              kwargs_handlers=handlers)
+    if accelerator.state.deepspeed_plugin is not None:  # we pass no dataloader, so DeepSpeed needs the sizes here
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
+        ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+        ds["train_batch_size"] = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps *
+                                  accelerator.num_processes)
+    return accelerator
+
+
+def _wandb_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
+def load_policy(cfg: TrainConfig, device: torch.device):
+    from transformers import AutoModelForCausalLM
+
+    from selfalign.models import pick_dtype, resolve_model
+
+    kwargs = {"dtype": pick_dtype(device.type, cfg.dtype), "use_safetensors": True}
+    if cfg.load_in_4bit:
+        if not torch.cuda.is_available():
+            raise RuntimeError("load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes 4-bit kernels do not run on CPU. "
+                               "Use LoRA (use_peft: true, load_in_4bit: false) on CPU.")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=kwargs["dtype"],
+                                                           bnb_4bit_use_double_quant=True)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), **kwargs)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.use_peft or cfg.load_in_4bit:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if cfg.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        elif cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
+    return model
+
+
+def _batches(examples: list[dict], cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[list[dict]]:
+    """This rank's micro-batches for an epoch: a seeded shuffle, cut into global batches, each split across ranks."""
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+    per_step = cfg.per_device_train_batch_size * world
+    usable = len(order) - len(order) % per_step  # equal work on every rank; the remainder waits for the next epoch
+    return [[examples[i] for i in order[start + rank * cfg.per_device_train_batch_size:
+                                        start + (rank + 1) * cfg.per_device_train_batch_size]]
+            for start in range(0, usable, per_step)]
+
+
+@torch.no_grad()
+def reference_logps(model, examples: list[dict], cfg: TrainConfig, pad_id: int, device) -> dict[int, torch.Tensor]:
+    """One pass of the reference (the starting weights; with LoRA, the adapter disabled) over every example."""
+    model.eval()
+    disable = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    out = {}
+    with disable:
+        for start in range(0, len(examples), cfg.per_device_train_batch_size):
+            chunk = examples[start:start + cfg.per_device_train_batch_size]
+            batch = collate(chunk, pad_id)
+            logps, _ = sequence_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                      batch["completion_mask"].to(device))
+            for row, e in enumerate(chunk):
+                out[e["index"]] = logps.view(len(chunk), -1)[row].cpu()
+    model.train()
+    return out
+
+
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    done = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def _save_checkpoint(accelerator, out_dir: Path, step: int, epoch: int, batch_in_epoch: int, limit: int) -> None:
+    """accelerate's full state (model, optimizer, scheduler, RNG) in a temporary folder, renamed when complete."""
+    final = out_dir / "checkpoints" / f"step-{step}"
+    tmp = out_dir / "checkpoints" / f".step-{step}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / "trainer_state.json", {"global_step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch})
+        os.replace(tmp, final)
+        old = sorted((p for p in final.parent.glob("step-*")), key=lambda p: int(p.name.split("-")[1]))
+        for p in old[:-limit]:
+            shutil.rmtree(p, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _weights_checksum(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict:
+    from transformers import get_scheduler
+
+    from selfalign.models import load_tokenizer
+
+    out_dir = Path(out_dir)
+    accelerator = make_accelerator(cfg, out_dir)
+    torch.manual_seed(cfg.seed)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "train_config.json", cfg.model_dump())
+
+    # Data: every preference record becomes a group of sequences for one forward.
+    tokenizer = load_tokenizer(cfg.model)
+    records = read_preferences(pairs_path, cfg.loss_type)
+    if not records:
+        raise ValueError(f"{pairs_path}: no preference records to train on")
+    examples = tokenize_records(tokenizer, records, cfg.loss_type, cfg.max_length, cfg.max_prompt_length)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    batches_per_epoch = len(_batches(examples, cfg, 0, rank, world))
+    if batches_per_epoch == 0:
+        raise ValueError(f"{len(examples)} records are fewer than one global batch "
+                         f"({cfg.per_device_train_batch_size} x {world} processes)")
+    steps_per_epoch = max(1, batches_per_epoch // cfg.gradient_accumulation_steps)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
+
+    # Model, reference, optimizer.
+    model = load_policy(cfg, accelerator.device).to(accelerator.device)
+    ref_model, ref_cache = None, None
+    if cfg.loss_type not in REFERENCE_FREE:
+        if cfg.precompute_ref_log_probs:
+            ref_cache = reference_logps(model, examples, cfg, tokenizer.pad_token_id, accelerator.device)
+        elif not hasattr(model, "disable_adapter"):  # full finetuning with a live reference: a frozen copy
+            ref_model = load_policy(cfg.model_copy(update={"use_peft": False, "gradient_checkpointing": False}),
+                                    accelerator.device).to(accelerator.device).eval().requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.init_trackers("selfalign", config={k: v for k, v in cfg.model_dump().items()
+                                                   if isinstance(v, (int, float, str, bool))})
+
+    # Resume: restore the full state and skip the micro-batches already done.
+    step, start_epoch, skip = 0, 0, 0
+    checkpoint = _latest_checkpoint(out_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        step, start_epoch, skip = state["global_step"], state["epoch"], state["batch_in_epoch"]
+        accelerator.print(f"resumed from {checkpoint} at step {step}")
+
+    metrics_path = out_dir / "metrics.jsonl"
+    history, started = [], time.perf_counter()
+    model.train()
+    epoch = start_epoch
+    while step < total_steps:
+        batches = _batches(examples, cfg, epoch, rank, world)
+        for batch_in_epoch, chunk in enumerate(batches):
+            if batch_in_epoch < skip:
+                continue
+            batch = collate(chunk, tokenizer.pad_token_id)
+            with accelerator.accumulate(model):
+                logps, lengths = sequence_logps(model, batch["input_ids"].to(accelerator.device),
+                                                batch["attention_mask"].to(accelerator.device),
+                                                batch["completion_mask"].to(accelerator.device))
+                group = batch["group_size"]
+                logps, lengths = logps.view(-1, group), lengths.view(-1, group)
+                ref = _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group)
+                loss, metrics = preference_loss(cfg, logps, ref, lengths, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            metrics.update(step=step, epoch=epoch, learning_rate=scheduler.get_last_lr()[0],
+                           tokens=int(batch["attention_mask"].sum()) * world)
+            history.append(metrics)
+            if step % cfg.logging_steps == 0 or step == total_steps:
+                accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
+                if accelerator.is_main_process:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(metrics) + "\n")
+            if step % cfg.save_steps == 0 and step < total_steps:
+                _save_checkpoint(accelerator, out_dir, step, epoch, batch_in_epoch + 1, cfg.save_total_limit)
+            if step >= total_steps:
+                break
+        skip = 0
+        epoch += 1
+
+    seconds = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+    summary = _save_final(accelerator, model, tokenizer, cfg, out_dir)
+    summary.update(steps=step, seconds=seconds, world_size=world, records=len(records),
+                   final_metrics=history[-1] if history else {})
+    if cfg.record_rank_checksums:
+        write_json(out_dir / f"rank-{rank}-checksum.json", {"rank": rank, "world_size": world,
+                                                            "sha256": _weights_checksum(accelerator.unwrap_model(model))})
+    if accelerator.is_main_process:
+        write_json(out_dir / "train_summary.json", summary)
+    accelerator.end_training()
+    return summary
+
+
+def _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group):
+    if cfg.loss_type in REFERENCE_FREE:
+        return None
+    if ref_cache is not None:
+        return torch.stack([ref_cache[int(i)] for i in batch["index"]]).to(accelerator.device)
+    with torch.no_grad():
+        inputs = (batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device),
+                  batch["completion_mask"].to(accelerator.device))
+        if ref_model is not None:
+            ref, _ = sequence_logps(ref_model, *inputs)
+        else:
+            with accelerator.unwrap_model(model).disable_adapter():
+                ref, _ = sequence_logps(model, *inputs)
+    return ref.view(-1, group)
+
+
+def _save_final(accelerator, model, tokenizer, cfg: TrainConfig, out_dir: Path) -> dict:
+    """Save the adapter (LoRA) or the full model to OUT/final, atomically; consolidates ZeRO-3 shards."""
+    from selfalign.models import resolve_model
+
+    state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions on the main process
+    final, tmp = out_dir / "final", out_dir / ".final.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "selfalign_lineage.json", {"base_model": resolve_model(cfg.model), "loss_type": cfg.loss_type,
+                                                    "beta": cfg.beta, "use_peft": cfg.use_peft,
+                                                    "load_in_4bit": cfg.load_in_4bit})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return {"output": str(final), "kind": "lora-adapter" if cfg.use_peft or cfg.load_in_4bit else "full-model"}

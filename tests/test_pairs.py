@@ -1,0 +1,64 @@
+from selfalign.judging.self_consistency import score_self_consistency
+from selfalign.pairs import PairOptions, build_preferences
+from selfalign.records import Message, Sample, ScoredSample
+
+MESSAGES = [Message(role="user", content="q")]
+
+
+def _samples(prompt_id, texts):
+    return [Sample(prompt_id=prompt_id, sample_index=i, messages=MESSAGES, text=t, num_tokens=5, finish_reason="stop")
+            for i, t in enumerate(texts)]
+
+
+def test_scpo_threshold_and_weights():
+    samples = (_samples("p1", ["The answer is 4", "The answer is 4", "The answer is 4", "The answer is 5",
+                               "no idea", "The answer is 4.0", "The answer is 6", "The answer is 5"])
+               + _samples("p2", ["The answer is 1", "The answer is 2", "The answer is 3", "The answer is 3"])
+               + _samples("p3", ["The answer is 9", "The answer is 9", "The answer is 9"]))
+    scored = score_self_consistency(samples)
+    p1 = [s for s in scored if s.prompt_id == "p1"]
+    assert [s.votes for s in p1] == [4, 4, 4, 2, 0, 4, 1, 2]
+    assert p1[4].score is None and p1[0].score == 0.5
+
+    records, report = build_preferences(scored, PairOptions(mode="scpo", vote_threshold=3))
+    assert [r.prompt_id for r in records] == ["p1"]  # p2's top answer has 2 votes < tau=3; p3 is unanimous
+    pair = records[0]
+    assert pair.chosen[0].content == "The answer is 4" and pair.rejected[0].content == "no idea"
+    assert pair.weight == (4 - 0) / 8
+    assert report["dropped_below_vote_threshold"] == 1 and report["dropped_votes_tied"] == 1
+
+    records, _ = build_preferences(scored, PairOptions(mode="scpo", vote_threshold=3, reject_unanswered=False))
+    assert records[0].rejected[0].content == "The answer is 6" and records[0].weight == (4 - 1) / 8
+
+
+def _scored(prompt_id, texts_scores):
+    return [ScoredSample(prompt_id=prompt_id, sample_index=i, messages=MESSAGES, text=t, num_tokens=5,
+                         finish_reason="stop", score=s) for i, (t, s) in enumerate(texts_scores)]
+
+
+def test_pairs_drop_ties_duplicates_small_margins_and_long_chosen():
+    scored = (_scored("tie", [("a", 5.0), ("b", 5.0)])
+              + _scored("dup", [("same", 9.0), ("same", 2.0)])
+              + _scored("close", [("x", 5.0), ("y", 4.5)])
+              + _scored("long", [("a very long padded answer " * 5, 9.0), ("short", 2.0)])
+              + _scored("ok", [("good", 8.0), ("bad", 2.0), ("meh", 5.0), ("none", None)]))
+    records, report = build_preferences(scored, PairOptions(mode="pairs", min_margin=1.0, max_length_ratio=3.0,
+                                                            max_pairs_per_prompt=2))
+    assert [(r.prompt_id, r.chosen[0].content, r.rejected[0].content) for r in records] == [
+        ("ok", "good", "bad"), ("ok", "good", "meh")]
+    assert records[0].chosen_score == 8.0 and records[0].rejected_score == 2.0
+    assert records[0].prompt[0].content == "q" and records[0].chosen[0].role == "assistant"
+    assert report["dropped_all_tied"] == 1
+    assert report["pairs_dropped_identical_texts"] == 1
+    assert report["pairs_dropped_small_margin"] >= 1
+    assert report["pairs_dropped_length_guard"] == 1
+    assert report["samples_unscored"] == 1
+    assert report["prompts_kept"] == 1 and report["prompts_dropped"] == 4
+
+
+def test_ranked_lists_sorted_by_score_without_duplicates():
+    scored = _scored("p", [("b", 2.0), ("a", 7.0), ("c", None), ("a", 1.0), ("d", 4.0)])
+    records, report = build_preferences(scored, PairOptions(mode="lists"))
+    assert records[0].scores == [7.0, 4.0, 2.0]
+    assert [c[0].content for c in records[0].completions] == ["a", "d", "b"]
+    assert report["samples_dropped_identical_texts"] == 1 and report["samples_unscored"] == 1
