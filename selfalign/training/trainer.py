@@ -99,10 +99,11 @@ def _batches(examples: list[dict], cfg: TrainConfig, epoch: int, rank: int, worl
 
 
 @torch.no_grad()
-def reference_logps(model, examples: list[dict], cfg: TrainConfig, pad_id: int, device) -> dict[int, torch.Tensor]:
+def reference_logps(model, unwrapped, examples: list[dict], cfg: TrainConfig, pad_id: int,
+                    device) -> dict[int, torch.Tensor]:
     """One pass of the reference (the starting weights; with LoRA, the adapter disabled) over every example."""
     model.eval()
-    disable = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    disable = unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else nullcontext()
     out = {}
     with disable:
         for start in range(0, len(examples), cfg.per_device_train_batch_size):
@@ -140,10 +141,18 @@ def _save_checkpoint(accelerator, out_dir: Path, step: int, epoch: int, batch_in
 
 
 def _weights_checksum(model) -> str:
+    """A hash of every parameter, gathered first where ZeRO-3 holds only a shard on each rank."""
+    params = [p for p in model.parameters()]
+    gather = nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    with gather:
+        for name, tensor in model.named_parameters():
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -174,19 +183,24 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
 
     # Model, reference, optimizer.
-    model = load_policy(cfg, accelerator.device).to(accelerator.device)
-    ref_model, ref_cache = None, None
-    if cfg.loss_type not in REFERENCE_FREE:
-        if cfg.precompute_ref_log_probs:
-            ref_cache = reference_logps(model, examples, cfg, tokenizer.pad_token_id, accelerator.device)
-        elif not hasattr(model, "disable_adapter"):  # full finetuning with a live reference: a frozen copy
-            ref_model = load_policy(cfg.model_copy(update={"use_peft": False, "gradient_checkpointing": False}),
-                                    accelerator.device).to(accelerator.device).eval().requires_grad_(False)
+    model = load_policy(cfg, accelerator.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
+    # Prepared before any forward: under ZeRO-3 the parameters are partitioned from loading on.
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ref_model, ref_cache = None, None
+    if cfg.loss_type not in REFERENCE_FREE:
+        if cfg.precompute_ref_log_probs:
+            ref_cache = reference_logps(model, accelerator.unwrap_model(model), examples, cfg, tokenizer.pad_token_id,
+                                        accelerator.device)
+        elif not hasattr(accelerator.unwrap_model(model), "disable_adapter"):
+            if accelerator.state.deepspeed_plugin is not None:
+                raise ValueError("a live reference with full finetuning is not supported under DeepSpeed: set "
+                                 "precompute_ref_log_probs: true")
+            ref_model = load_policy(cfg.model_copy(update={"use_peft": False, "gradient_checkpointing": False}),
+                                    accelerator.device).to(accelerator.device).eval().requires_grad_(False)
     accelerator.init_trackers("selfalign", config={k: v for k, v in cfg.model_dump().items()
                                                    if isinstance(v, (int, float, str, bool))})
 

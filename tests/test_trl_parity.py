@@ -1,0 +1,78 @@
+"""Our DPO, IPO and LN-DPO against TRL's DPOTrainer on the same batch, policy and (different) reference model."""
+
+import pytest
+import torch
+
+from selfalign.losses import dpo_loss, ipo_loss, ln_dpo_loss
+from selfalign.records import PreferencePair
+from selfalign.training.data import sequence_logps, tokenize_pair
+
+ROWS = [
+    {"prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+     "chosen": [{"role": "assistant", "content": "2 + 2 = 4. The answer is 4."}],
+     "rejected": [{"role": "assistant", "content": "The answer is 5."}]},
+    {"prompt": [{"role": "user", "content": "Name a primary color."}],
+     "chosen": [{"role": "assistant", "content": "Red."}],
+     "rejected": [{"role": "assistant", "content": "Banana, which is a fruit and not a color at all."}]},
+    {"prompt": [{"role": "user", "content": "Say hello in French."}],
+     "chosen": [{"role": "assistant", "content": "Bonjour!"}],
+     "rejected": [{"role": "assistant", "content": "Hola."}]},
+]
+
+
+def _trl_batch_and_loss(tiny_model_path, tmp_path, trl_loss_type, beta):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a reference unlike the policy, so the log-ratios are not all zero
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(ROWS), loss_type=[trl_loss_type],
+                     beta=beta, report_to=[], max_length=256, use_cpu=True)
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(ROWS),
+                         processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    return batch, float(loss), policy, ref, tokenizer
+
+
+@pytest.mark.parametrize("trl_loss_type, ours, beta", [("sigmoid", "dpo", 0.1), ("ipo", "ipo", 0.1),
+                                                        ("sigmoid_norm", "ln_dpo", 2.0)])
+def test_loss_parity_with_trl(tiny_model_path, tmp_path, trl_loss_type, ours, beta):
+    batch, trl_loss, policy, ref, tokenizer = _trl_batch_and_loss(tiny_model_path, tmp_path, trl_loss_type, beta)
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    with torch.no_grad():
+        logps, lengths = sequence_logps(policy, *inputs)
+        ref_logps, _ = sequence_logps(ref, *inputs)
+    pc, pr = logps.chunk(2)
+    rc, rr = ref_logps.chunk(2)
+    lc, lr = lengths.chunk(2)
+    if ours == "dpo":
+        losses, _, _ = dpo_loss(pc, pr, rc, rr, beta)
+    elif ours == "ipo":
+        losses, _, _ = ipo_loss(pc, pr, rc, rr, lc, lr, beta)
+    else:
+        losses, _, _ = ln_dpo_loss(pc, pr, rc, rr, lc, lr, beta)
+    assert abs(trl_loss - 0.6931) > 1e-3 or ours != "dpo", "policy and reference must differ for a real check"
+    assert float(losses.mean()) == pytest.approx(trl_loss, rel=1e-4, abs=1e-5)
+
+
+def test_our_tokenization_matches_trl(tiny_model_path, tmp_path):
+    batch, _, _, _, tokenizer = _trl_batch_and_loss(tiny_model_path, tmp_path, "sigmoid", 0.1)
+    trl_rows = []
+    for row_index in range(batch["input_ids"].shape[0]):
+        ids = batch["input_ids"][row_index]
+        trl_rows.append((ids[batch["attention_mask"][row_index].bool()].tolist(),
+                         ids[batch["completion_mask"][row_index].bool()].tolist()))
+    for row in ROWS:  # the dataloader may shuffle: each of our sequences must be one of TRL's rows
+        pair = PreferencePair(prompt=row["prompt"], chosen=row["chosen"], rejected=row["rejected"], prompt_id="x")
+        for completion in (pair.chosen, pair.rejected):
+            prompt_ids, completion_ids = tokenize_pair(tokenizer, pair.prompt, completion, 256, 256)
+            assert (prompt_ids + completion_ids, completion_ids) in trl_rows
