@@ -253,6 +253,85 @@ def train(
 
 
 @app.command()
+def export(
+    source: Path = typer.Argument(..., help="a run folder, a training output folder, or a DeepSpeed checkpoint"),
+    out: Path = typer.Option(..., help="target folder (must be empty unless --force)"),
+    dtype: str = typer.Option("fp32", help="bf16 | fp16 | fp32"),
+    iteration: Optional[int] = typer.Option(None, help="with a run folder: which iteration (default: the last)"),
+    base_model: Optional[str] = typer.Option(None, help="the base model, where the source does not record it"),
+    force: bool = typer.Option(False, help="replace a non-empty target"),
+    push_to_hub: Optional[str] = typer.Option(None, help="also upload to this hub repo (token from HF_TOKEN)"),
+) -> None:
+    """Merge LoRA into the base weights and save a plain, verified Hugging Face checkpoint with a model card."""
+    from selfalign.export import ExportError, export as run_export
+
+    if dtype not in ("bf16", "fp16", "fp32"):
+        _fail(f"unknown dtype {dtype!r}: choose bf16, fp16 or fp32")
+    try:
+        result = run_export(source, out, dtype=dtype, iteration=iteration, force=force, base_model=base_model,
+                            push_to_hub=push_to_hub)
+    except ExportError as e:
+        _fail(str(e))
+    console.print(f"exported {result['source']} -> {result['out']}\nverified: {result['verification']}")
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="a recipe YAML, e.g. recipes/default.yaml"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default: runs/<recipe name>)"),
+    force: bool = typer.Option(False, help="continue a run whose recipe has changed since it started"),
+    iterations: Optional[int] = typer.Option(None, help="run only the first N iterations now"),
+    until: Optional[str] = typer.Option(None, help="stop after this stage of the last iteration"),
+) -> None:
+    """Run the self-alignment loop: generate -> judge -> filter -> train -> export -> evaluate, N times. Resumable."""
+    from selfalign.loop import run as run_loop
+    from selfalign.recipes import RecipeError
+    from selfalign.reporting import write_report
+
+    printed = []
+
+    def report(run_dir, manifest):
+        write_report(run_dir, manifest.data, Console(width=150))
+        printed.append(True)
+
+    try:
+        run_dir = run_loop(recipe, out, force=force, iterations=iterations, until=until, on_iteration=report)
+    except RecipeError as e:
+        _fail(str(e))
+    except RuntimeError as e:
+        _fail(str(e))
+    import json as _json
+
+    path = write_report(run_dir, _json.loads((run_dir / "manifest.json").read_text()),
+                        None if printed else Console(width=150), show=not printed)
+    console.print(f"run folder: {run_dir}; report: {path}")
+
+
+@app.command("eval-heldout")
+def eval_heldout(
+    model: str = typer.Option(..., help="the policy to evaluate"),
+    config: Path = typer.Option(..., help="JSON or YAML with HeldoutConfig fields (data, limit, k, ...)"),
+    out: Path = typer.Option(..., help="eval.json, written atomically"),
+    engine: str = "auto",
+    seed: int = 0,
+) -> None:
+    """Held-out answer accuracy (greedy, sampled, majority@k): the loop's evaluation stage."""
+    import yaml
+
+    from selfalign.evaluation.heldout import HeldoutConfig, evaluate_heldout
+    from selfalign.generation import get_engine
+    from selfalign.io import read_jsonl, write_json
+    from selfalign.records import PromptRecord
+
+    cfg = HeldoutConfig(**yaml.safe_load(config.read_text()))
+    prompts = read_jsonl(cfg.data, PromptRecord)
+    gen = get_engine(engine, model, **({"seed": seed} if engine != "hf" else {}))
+    result = evaluate_heldout(gen, prompts, cfg, seed=seed)
+    write_json(out, {"model": model, "engine": gen.name, **result})
+    console.print({k: v for k, v in result.items() if not isinstance(v, list)})
+
+
+@app.command()
 def serve(
     model: str = typer.Option("default", help="hub id, local folder, or 'default'"),
     host: str = "127.0.0.1",

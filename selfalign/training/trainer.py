@@ -140,6 +140,15 @@ def _save_checkpoint(accelerator, out_dir: Path, step: int, epoch: int, batch_in
     accelerator.wait_for_everyone()
 
 
+def peak_memory_gb() -> float:
+    """Peak GPU memory allocated by this process, or on CPU its peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
 def _weights_checksum(model) -> str:
     """A hash of every parameter, gathered first where ZeRO-3 holds only a shard on each rank."""
     params = [p for p in model.parameters()]
@@ -214,7 +223,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict
         accelerator.print(f"resumed from {checkpoint} at step {step}")
 
     metrics_path = out_dir / "metrics.jsonl"
-    history, started = [], time.perf_counter()
+    history, started, step_tokens = [], time.perf_counter(), 0
     model.train()
     epoch = start_epoch
     while step < total_steps:
@@ -223,6 +232,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict
             if batch_in_epoch < skip:
                 continue
             batch = collate(chunk, tokenizer.pad_token_id)
+            step_tokens += int(batch["attention_mask"].sum()) * world
             with accelerator.accumulate(model):
                 logps, lengths = sequence_logps(model, batch["input_ids"].to(accelerator.device),
                                                 batch["attention_mask"].to(accelerator.device),
@@ -240,8 +250,8 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            metrics.update(step=step, epoch=epoch, learning_rate=scheduler.get_last_lr()[0],
-                           tokens=int(batch["attention_mask"].sum()) * world)
+            metrics.update(step=step, epoch=epoch, learning_rate=scheduler.get_last_lr()[0], tokens=step_tokens)
+            step_tokens = 0
             history.append(metrics)
             if step % cfg.logging_steps == 0 or step == total_steps:
                 accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
@@ -259,6 +269,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict
     accelerator.wait_for_everyone()
     summary = _save_final(accelerator, model, tokenizer, cfg, out_dir)
     summary.update(steps=step, seconds=seconds, world_size=world, records=len(records),
+                   tokens=sum(m["tokens"] for m in history), peak_memory_gb=peak_memory_gb(),
                    final_metrics=history[-1] if history else {})
     if cfg.record_rank_checksums:
         write_json(out_dir / f"rank-{rank}-checksum.json", {"rank": rank, "world_size": world,

@@ -1,0 +1,135 @@
+"""Our DPO trainer against TRL's DPOTrainer in one run: same model, pairs, LoRA settings, batch and steps.
+Prints pairs/s, tokens/s and peak memory for both, the ratios, and the losses each reached.
+
+    python benchmarks/train.py [--steps 8 --batch 4 --pairs 32]
+
+Each trainer runs in its own subprocess so that its peak memory (RSS on CPU, allocated on GPU) is its own.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def make_pairs(n):
+    from selfalign.records import Message, PreferencePair
+
+    pairs = []
+    for i in range(n):
+        a, b = 12 + 3 * i, 7 + i
+        prompt = [Message(role="user", content=f"Lena has {a} marbles and buys {b} more. How many marbles does she "
+                                                f"have now? End with 'The answer is N'.")]
+        chosen = f"Lena starts with {a} marbles. She buys {b} more, so {a} + {b} = {a + b}. The answer is {a + b}."
+        rejected = f"Lena has {a} marbles and {b} more marbles, which is {a * b} in total. The answer is {a * b}."
+        pairs.append(PreferencePair(prompt=prompt, chosen=[Message(role="assistant", content=chosen)],
+                                    rejected=[Message(role="assistant", content=rejected)], prompt_id=str(i)))
+    return pairs
+
+
+def run_ours(args, pairs_path, out):
+    from selfalign.training.config import TrainConfig
+    from selfalign.training.trainer import train
+
+    cfg = TrainConfig(model=args.model, loss_type="dpo", beta=0.1, learning_rate=args.lr, max_steps=args.steps,
+                      per_device_train_batch_size=args.batch, max_length=256, lora_r=16, lora_alpha=32,
+                      report_to=[], save_steps=10_000, seed=0)
+    start = time.perf_counter()
+    summary = train(cfg, pairs_path, out)
+    losses = [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return time.perf_counter() - start, losses
+
+
+def run_trl(args, pairs_path, out):
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from selfalign.models import resolve_model
+
+    path = resolve_model(args.model)
+    rows = [json.loads(line) for line in Path(pairs_path).read_text().splitlines()]
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    config = DPOConfig(output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps,
+                       learning_rate=args.lr, beta=0.1, max_length=256, report_to=[], logging_steps=1,
+                       save_strategy="no", use_cpu=not torch.cuda.is_available(), seed=0, lr_scheduler_type="linear",
+                       warmup_steps=0)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                         processing_class=AutoTokenizer.from_pretrained(path), peft_config=lora)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return time.perf_counter() - start, losses
+
+
+def child(args):
+    import torch
+
+    from selfalign.training.trainer import peak_memory_gb
+
+    seconds, losses = (run_ours if args.which == "ours" else run_trl)(args, args.pairs_path, args.out)
+    print("RESULT " + json.dumps({"seconds": seconds, "losses": losses, "peak_memory_gb": peak_memory_gb(),
+                                  "device": "cuda" if torch.cuda.is_available() else "cpu"}))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--which", choices=["ours", "trl"])
+    parser.add_argument("--pairs-path")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.which:
+        return child(args)
+
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from selfalign.io import write_jsonl
+    from selfalign.models import resolve_model
+    from selfalign.training.data import tokenize_records
+
+    tmp = Path(tempfile.mkdtemp(prefix="selfalign-bench-"))
+    pairs = make_pairs(args.pairs)
+    write_jsonl(tmp / "pairs.jsonl", pairs)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
+    tokens_per_pair = sum(len(p) + len(c) for e in tokenize_records(tokenizer, pairs, "dpo", 256, 256)
+                          for p, c in e["sequences"]) / len(pairs)
+    pairs_seen = args.steps * args.batch
+    results = {}
+    for which in ("ours", "trl"):
+        cmd = [sys.executable, __file__, "--which", which, "--pairs-path", str(tmp / "pairs.jsonl"), "--out",
+               str(tmp / which), "--model", args.model, "--steps", str(args.steps), "--batch", str(args.batch),
+               "--lr", str(args.lr)]
+        output = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"{which} failed:\n{output.stderr[-3000:]}")
+        r = json.loads(line[len("RESULT "):])
+        r["pairs_per_s"] = pairs_seen / r["seconds"]
+        r["tokens_per_s"] = pairs_seen * tokens_per_pair / r["seconds"]
+        results[which] = r
+        print(f"{which:>5}: {r['seconds']:6.1f} s wall, {r['pairs_per_s']:.2f} pairs/s, {r['tokens_per_s']:.1f} tokens/s, "
+              f"peak {r['peak_memory_gb']:.2f} GB, loss first {r['losses'][0]:.4f} last {r['losses'][-1]:.4f}")
+    ours, trl = results["ours"], results["trl"]
+    print(f"pairs/s ours/TRL: {ours['pairs_per_s'] / trl['pairs_per_s']:.2f}x (follow-up target 1.5x)")
+    print(f"peak memory ours/TRL: {ours['peak_memory_gb'] / trl['peak_memory_gb']:.2f}x")
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    print(f"mean loss over the last half: ours {mean(ours['losses'][len(ours['losses']) // 2:]):.4f}, "
+          f"TRL {mean(trl['losses'][len(trl['losses']) // 2:]):.4f} (same data, order differs by shuffle)")
+    print(json.dumps({"tokens_per_pair": tokens_per_pair, **results}))
+
+
+if __name__ == "__main__":
+    main()

