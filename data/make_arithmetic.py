@@ -1,6 +1,6 @@
 """Write data/arithmetic_train.jsonl (unlabeled) and data/arithmetic_heldout.jsonl (with answers, evaluation only).
 
-    python data/make_arithmetic.py [--train 400] [--heldout 200] [--seed 0]
+    python data/make_arithmetic.py [--train 400] [--heldout 200] [--seed 0] [--two-step-share 0.0] [--max-operand 12]
 """
 
 import argparse
@@ -13,8 +13,10 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--train", type=int, default=400)
 parser.add_argument("--heldout", type=int, default=200)
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--two-step-share", type=float, default=0.0, help="share of two-operation problems")
+parser.add_argument("--max-operand", type=int, default=12)
 args = parser.parse_args()
-train, heldout = make_splits(args.train, args.heldout, args.seed)
+train, heldout = make_splits(args.train, args.heldout, args.seed, args.two_step_share, args.max_operand)
 here = Path(__file__).parent
 for name, rows in (("arithmetic_train.jsonl", train), ("arithmetic_heldout.jsonl", heldout)):
     (here / name).write_text("".join(json.dumps(r) + "\n" for r in rows))

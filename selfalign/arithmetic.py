@@ -23,25 +23,34 @@ TEMPLATES = [
 ]
 
 
-def make_problem(rng: random.Random) -> tuple[str, int, tuple]:
-    template, solve = TEMPLATES[rng.randrange(len(TEMPLATES))]
+ONE_STEP, TWO_STEP = TEMPLATES[:3], TEMPLATES[3:]
+
+
+def make_problem(rng: random.Random, two_step_share: float = 0.0, max_operand: int = 12) -> tuple[str, int, tuple]:
+    """One problem with operands in 2..max_operand; `two_step_share` of them need two operations.
+
+    The defaults sit inside SmolLM2-135M's reach (about a third right greedily): self-consistency needs a policy that
+    is right often enough for its majority to carry signal.
+    """
+    pool = TWO_STEP if rng.random() < two_step_share else ONE_STEP
+    template, solve = pool[rng.randrange(len(pool))]
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b, c = rng.randint(2, max_operand), rng.randint(2, max_operand), rng.randint(1, max_operand)
     if "boxes" in template:
-        a, b, c = rng.randint(2, 9), rng.randint(2, 9), 0
-    else:
-        a, b, c = rng.randint(10, 60), rng.randint(2, 30), rng.randint(1, 9)
+        a, b = rng.randint(2, min(9, max_operand)), rng.randint(2, min(9, max_operand))
     if "gives away {b}" in template:
-        b = rng.randint(2, a - 1)
+        a = a + b  # never a negative answer
     question = template.format(name=name, item=item, a=a, b=b, c=c)
-    return question, solve(a, b, c), (template, a, b, c)
+    return question, solve(a, b, c), (template, name, item, a, b, c)
 
 
-def make_splits(num_train: int, num_heldout: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Disjoint train and held-out prompt sets (no (template, numbers) combination in both)."""
+def make_splits(num_train: int, num_heldout: int, seed: int = 0, two_step_share: float = 0.0,
+                max_operand: int = 12) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and held-out prompt sets (no problem, names and numbers alike, in both)."""
     rng = random.Random(seed)
     seen, train, heldout = set(), [], []
     while len(train) + len(heldout) < num_train + num_heldout:
-        question, answer, key = make_problem(rng)
+        question, answer, key = make_problem(rng, two_step_share, max_operand)
         if key in seen:
             continue
         seen.add(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,17 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from selfalign.cli_utils import console, fail as _fail, setup_logging as _setup_logging
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(stderr=True)
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
 
 
 @app.callback()
@@ -344,6 +335,10 @@ def serve(
     console.print(f"serving {model} at http://{host}:{server.server_port}/v1")
     server.serve_forever()
 
+
+from selfalign.cli_eval import eval_app  # noqa: E402  (registered after the stage commands)
+
+app.add_typer(eval_app, name="eval")
 
 if __name__ == "__main__":
     app(sys.argv[1:])

@@ -21,6 +21,7 @@ class HeldoutConfig(BaseModel):
     data: str
     limit: int | None = None
     k: int = 8
+    sampled_limit: int | None = None  # sampled/majority@k on the first N prompts only (greedy uses `limit`)
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 128
@@ -42,14 +43,15 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
               "greedy_correct": [int(c) for c in greedy_correct],
               "greedy_no_answer": sum(extract_answer(s.text) is None for s in greedy) / len(prompts)}
     if cfg.k > 0:
-        sampled = engine.generate(prompts, SamplingSettings(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+        sampled_prompts = prompts[:cfg.sampled_limit]
+        sampled = engine.generate(sampled_prompts, SamplingSettings(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                                                             max_new_tokens=cfg.max_new_tokens, seed=seed))
         by_prompt = defaultdict(list)
         for s in sampled:
             by_prompt[s.prompt_id].append(s.text)
-        ids = [p.id if p.id is not None else str(i) for i, p in enumerate(prompts)]
+        ids = [p.id if p.id is not None else str(i) for i, p in enumerate(sampled_prompts)]
         sample_acc, majority, any_right = [], [], []
-        for pid, p in zip(ids, prompts):
+        for pid, p in zip(ids, sampled_prompts):
             texts = by_prompt[pid]
             right = [_correct(t, p.answer) for t in texts]
             sample_acc.append(sum(right) / len(right))
@@ -57,10 +59,11 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
             top = max(votes.items(), key=lambda kv: kv[1])[0] if votes else None
             majority.append(top is not None and top == (normalize_number(p.answer) or p.answer))
             any_right.append(any(right))
-        result.update(sampled_accuracy=sum(sample_acc) / len(prompts),
-                      **{f"majority_at_{cfg.k}": sum(majority) / len(prompts),
-                         f"pass_at_{cfg.k}": sum(any_right) / len(prompts)},
-                      generation_verification_gap=sum(majority) / len(prompts) - result["greedy_accuracy"])
+        n = len(sampled_prompts)
+        greedy_same_prompts = sum(greedy_correct[:n]) / n  # the gap compares like with like
+        result.update(sampled_num_prompts=n, sampled_accuracy=sum(sample_acc) / n,
+                      **{f"majority_at_{cfg.k}": sum(majority) / n, f"pass_at_{cfg.k}": sum(any_right) / n},
+                      generation_verification_gap=sum(majority) / n - greedy_same_prompts)
     if cfg.self_revision_rounds > 0:
         from selfalign.revision import self_revise
 

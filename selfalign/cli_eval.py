@@ -1,0 +1,87 @@
+"""`selfalign eval BENCH`: GSM8K, MT-Bench and AlpacaEval with their reference harnesses' conventions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from selfalign.cli_utils import console, fail as _fail
+
+eval_app = typer.Typer(no_args_is_help=True, help="Benchmarks: gsm8k, mt-bench, alpaca-eval; compare two runs.")
+
+
+def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: Optional[Path], limit: Optional[int],
+          engine: str, judge: Optional[str] = None, judge_base_url: Optional[str] = None,
+          judge_api_key_env: str = "OPENAI_API_KEY") -> None:
+    from selfalign.evaluation import run as runners
+    from selfalign.evaluation.common import load_protocol
+    from selfalign.generation import get_engine
+    from selfalign.models import ModelNotFoundError
+
+    try:
+        protocol = load_protocol(benchmark, config)
+        if benchmark == "mt_bench" and data is None:
+            _fail("mt-bench needs --data DIR (FastChat's llm_judge/data/mt_bench layout)")
+        out.mkdir(parents=True, exist_ok=True)
+        gen = get_engine(engine, model)
+        if benchmark == "gsm8k":
+            result = runners.run_gsm8k(gen, model, out, protocol, data, limit)
+        else:
+            backend, local = runners.make_judge(judge or model, judge_base_url, judge_api_key_env,
+                                                out / "judge_cache.jsonl",
+                                                protocol.get("judge_max_new_tokens", 2048))
+            run = runners.run_mt_bench if benchmark == "mt_bench" else runners.run_alpaca_eval
+            result = run(gen, model, out, protocol, data, limit, backend, local)
+    except (FileNotFoundError, ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if result.get("judge_note"):
+        console.print(f"[bold yellow]{result['judge_note']}[/]")
+    Console().print_json(data=result["numbers"])
+    console.print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+
+
+@eval_app.command("gsm8k")
+def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(...),
+               data: Optional[Path] = typer.Option(None, help="local JSONL {question, answer} (default: the hub)"),
+               config: Optional[Path] = typer.Option(None, help="protocol YAML (default: evals/gsm8k.yaml)"),
+               limit: Optional[int] = None, engine: str = "auto") -> None:
+    """GSM8K: strict-match and flexible-extract accuracy (lm-evaluation-harness conventions)."""
+    _eval("gsm8k", model, out, data, config, limit, engine)
+
+
+@eval_app.command("mt-bench")
+def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option(...),
+                  data: Optional[Path] = typer.Option(None, help="FastChat-layout folder"),
+                  judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name"),
+                  judge_base_url: Optional[str] = None, judge_api_key_env: str = "OPENAI_API_KEY",
+                  config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto") -> None:
+    """MT-Bench: two-turn answers, single-answer grading 1-10 (FastChat conventions and file formats)."""
+    _eval("mt_bench", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env)
+
+
+@eval_app.command("alpaca-eval")
+def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(...),
+                data: Optional[Path] = typer.Option(None, help="alpaca_eval folder (default: the hub)"),
+                judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name"),
+                judge_base_url: Optional[str] = None, judge_api_key_env: str = "OPENAI_API_KEY",
+                config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto") -> None:
+    """AlpacaEval 2.0: win rate against gpt4_1106_preview with the weighted (log-prob) annotator."""
+    _eval("alpaca_eval", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env)
+
+
+@eval_app.command("compare")
+def eval_compare(a: Path = typer.Argument(...), b: Path = typer.Argument(...)) -> None:
+    """Two eval runs side by side."""
+    from selfalign.evaluation.common import compare
+
+    table = Table(title="selfalign eval compare")
+    for column in ("metric", str(a), str(b)):
+        table.add_column(column)
+    for row in compare(a, b):
+        table.add_row(*row)
+    Console(width=150).print(table)
+

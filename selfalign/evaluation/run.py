@@ -1,0 +1,153 @@
+"""`selfalign eval BENCH`: generate with the model, judge where the benchmark needs a judge, write the reports.
+
+Answers and judgments are appended item by item, so a rerun after a kill redoes nothing finished.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from selfalign.evaluation import alpaca_eval as ae
+from selfalign.evaluation import gsm8k as g8
+from selfalign.evaluation import mt_bench as mt
+from selfalign.evaluation.common import resumable, write_results
+from selfalign.generation import SamplingSettings
+from selfalign.io import write_json
+from selfalign.records import PromptRecord
+
+
+def make_judge(judge: str, base_url: str | None, api_key_env: str, cache: Path, max_new_tokens: int = 2048):
+    """(backend, is_local). A local judge is labelled as such in every report."""
+    from selfalign.judging.backends import LocalJudge, OpenAIJudge
+
+    if base_url:
+        return OpenAIJudge(judge, base_url=base_url, api_key_env=api_key_env, cache_path=cache,
+                           max_tokens=max_new_tokens), False
+    return LocalJudge(judge, max_new_tokens=max_new_tokens), True
+
+
+def _generate(engine, chats: list[list[dict]], settings: SamplingSettings) -> list[str]:
+    prompts = [PromptRecord(id=str(i), messages=c) for i, c in enumerate(chats)]
+    samples = engine.generate(prompts, settings)
+    by_prompt = defaultdict(list)
+    for s in samples:
+        by_prompt[s.prompt_id].append(s.text)
+    return [by_prompt[str(i)] for i in range(len(chats))]
+
+
+def run_gsm8k(engine, model: str, out: Path, protocol: dict, data: Path | None, limit: int | None) -> dict:
+    rows = g8.load_gsm8k(protocol, data)[:limit]
+    gen = protocol["generation"]
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=gen["max_new_tokens"], stop=gen.get("stop", []))
+
+    def answer(part):
+        texts = _generate(engine, [g8.messages_for(r["question"], protocol) for r in part], greedy)
+        return [{"id": r["id"], "question": r["question"], "gold": r["gold"], "output": t[0]} for r, t in zip(part, texts)]
+
+    done = resumable(out / "outputs.jsonl", rows, lambda r: r["id"], answer, chunk=32)
+    outputs = [done[str(r["id"])]["output"] for r in rows]
+    numbers = g8.score(outputs, [r["gold"] for r in rows])
+    k = int(protocol.get("majority_k") or 0)
+    if k > 0:
+        sampled = SamplingSettings(n=k, temperature=protocol["majority_temperature"], max_new_tokens=gen["max_new_tokens"],
+                                   stop=gen.get("stop", []))
+
+        def sample(part):
+            texts = _generate(engine, [g8.messages_for(r["question"], protocol) for r in part], sampled)
+            return [{"id": r["id"], "samples": t} for r, t in zip(part, texts)]
+
+        samples = resumable(out / f"samples_k{k}.jsonl", rows, lambda r: r["id"], sample, chunk=16)
+        numbers[f"majority@{k}"] = g8.majority_score([samples[str(r["id"])]["samples"] for r in rows],
+                                                     [r["gold"] for r in rows])
+    return write_results(out, "gsm8k", model, None, numbers, {"protocol": protocol, "limit": limit,
+                                                             "data": str(data) if data else protocol["data"]}, False)
+
+
+def run_mt_bench(engine, model: str, out: Path, protocol: dict, data: Path, limit: int | None, judge,
+                 local_judge: bool) -> dict:
+    questions, prompts, references = mt.load_mt_bench(data, protocol["reference_model"])
+    questions = questions[:limit]
+    model_id = Path(model).name if Path(model).exists() else model.replace("/", "_")
+
+    def answer(part):
+        """Turn 1 for all, then turn 2 after each question's own first answer; per-category temperatures."""
+        turns = {q["question_id"]: [] for q in part}
+        for turn in (0, 1):
+            by_temp = defaultdict(list)
+            for q in part:
+                by_temp[protocol["temperature_by_category"].get(q["category"], 0.7)].append(q)
+            for temperature, group in by_temp.items():
+                chats = []
+                for q in group:
+                    chat = [{"role": "user", "content": q["turns"][0]}]
+                    if turn == 1:
+                        chat += [{"role": "assistant", "content": turns[q["question_id"]][0]},
+                                 {"role": "user", "content": q["turns"][1]}]
+                    chats.append(chat)
+                settings = SamplingSettings(temperature=temperature, max_new_tokens=protocol["max_new_tokens"])
+                for q, texts in zip(group, _generate(engine, chats, settings)):
+                    turns[q["question_id"]].append(texts[0])
+        return [mt.answer_record(q["question_id"], model_id, turns[q["question_id"]]) for q in part]
+
+    answers = resumable(out / "model_answer" / f"{model_id}.jsonl", questions, lambda q: q["question_id"], answer)
+    items = [(q, turn) for q in questions for turn in (1, 2)]
+
+    def grade(part):
+        requests = [mt.judge_messages(q, answers[str(q["question_id"])]["choices"][0]["turns"], turn, prompts,
+                                      references, protocol) for q, turn in part]
+        judgments = judge.complete([messages for _, messages in requests])
+        return [mt.judgment_record(q["question_id"], model_id, judge.name, name, messages[-1]["content"], text, turn)
+                for (q, turn), (name, messages), text in zip(part, requests, judgments)]
+
+    judged = resumable(out / "model_judgment" / f"{_safe(judge.name)}_single.jsonl", items,
+                       lambda item: f"{item[0]['question_id']}-{item[1]}", grade, chunk=8)
+    numbers = mt.summarize(list(judged.values()), questions)
+    return write_results(out, "mt_bench", model, judge.name, numbers, {"protocol": protocol, "limit": limit,
+                                                                      "data": str(data)}, local_judge)
+
+
+def run_alpaca_eval(engine, model: str, out: Path, protocol: dict, data: Path | None, limit: int | None, judge,
+                    local_judge: bool) -> dict:
+    rows = ae.load_alpaca_eval(data, protocol["reference"])[:limit]
+    for i, row in enumerate(rows):
+        row["id"] = i
+    settings = SamplingSettings(temperature=protocol["temperature"], max_new_tokens=protocol["max_new_tokens"])
+
+    def answer(part):
+        texts = _generate(engine, [[{"role": "user", "content": r["instruction"]}] for r in part], settings)
+        return [{"id": r["id"], "output": t[0]} for r, t in zip(part, texts)]
+
+    done = resumable(out / "outputs.jsonl", rows, lambda r: r["id"], answer)
+    outputs = [done[str(r["id"])]["output"] for r in rows]
+    generator = Path(model).name if Path(model).exists() else model
+    write_json(out / "model_outputs.json", ae.model_outputs_json(rows, outputs, generator))
+    template = ae.judge_template(data)
+    requests = ae.judge_pairs(rows, outputs, protocol["seed"])
+    for request, row in zip(requests, rows):
+        request["id"] = row["id"]
+
+    def annotate(part):
+        chats = [ae.template_messages(template, instruction=r["instruction"], output_1=r["output_1"],
+                                      output_2=r["output_2"]) for r in part]
+        probs = judge.letter_probs(chats, letters=("m", "M"))
+        return [{"id": r["id"], "model_token": r["model_token"],
+                 "preference": None if p is None else p[r["model_token"]]} for r, p in zip(part, probs)]
+
+    annotations = resumable(out / "annotations.jsonl", requests, lambda r: r["id"], annotate, chunk=8)
+    preferences = [annotations[str(r["id"])]["preference"] for r in rows]
+    valid = [p for p in preferences if p is not None]
+    if not valid:
+        raise RuntimeError("the judge returned no log-probabilities for 'm'/'M': AlpacaEval 2.0's weighted annotator "
+                           "needs an endpoint or local model that exposes token log-probabilities")
+    numbers = {**ae.win_rate(valid), "abstained": len(preferences) - len(valid),
+               "length_controlled_win_rate": None, "avg_length": sum(map(len, outputs)) / len(outputs)}
+    return write_results(out, "alpaca_eval", model, judge.name, numbers,
+                         {"protocol": protocol, "limit": limit, "data": str(data) if data else "tatsu-lab/alpaca_eval",
+                          "length_controlled": "not computed: needs alpaca_eval's instruction-difficulty table and GLM"},
+                         local_judge)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
