@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -120,7 +119,7 @@ def test_deepspeed_zero3_checkpoint_is_consolidated(tmp_path, tiny_model_path):
     pairs = _pairs_file(tmp_path)
 
     def launch(out, steps):
-        cmd = [shutil.which("accelerate") or "accelerate", "launch", "--config_file",
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "accelerate_configs" / "deepspeed_zero3.yaml"), "--num_processes", "2", "--mixed_precision",
                "no", "-m", "selfalign.cli", "train", "--pairs", str(pairs), "--out", str(out), "--model", tiny_model_path,
                "--full", "--max-steps", str(steps), "--per-device-train-batch-size", "1", "--learning-rate", "1e-3",

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -184,7 +183,7 @@ def test_two_process_run_ends_with_identical_weights(tmp_path, pairs_file, tiny_
     env_extra, config = LAUNCHES[launch]
     env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     out = tmp_path / launch
-    cmd = [shutil.which("accelerate") or "accelerate", "launch", "--config_file", str(REPO / "accelerate_configs" / config),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
            "--num_processes", "2", "--mixed_precision", "no", "-m", "selfalign.cli", "train",
            "--pairs", str(pairs_file), "--out", str(out), "--model", tiny_model_path, "--full", "--max-steps", "3",
            "--per-device-train-batch-size", "1", "--learning-rate", "1e-3", "--set", "record_rank_checksums=true",
