@@ -26,8 +26,8 @@ def build_model(out: Path, tokenizer_dir: str, quick: bool) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2) if quick else dict(hidden_size=1024, intermediate_size=4096,
+    size = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,  # head_dim 64: vLLM-CPU has no smaller
+                num_key_value_heads=1) if quick else dict(hidden_size=1024, intermediate_size=4096,
                                                            num_hidden_layers=24, num_attention_heads=16,
                                                            num_key_value_heads=8)
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,

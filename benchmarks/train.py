@@ -59,7 +59,10 @@ def run_trl(args, pairs_path, out):
     config = DPOConfig(output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps,
                        learning_rate=args.lr, beta=0.1, max_length=256, report_to=[], logging_steps=1,
                        save_strategy="no", use_cpu=not torch.cuda.is_available(), seed=0, lr_scheduler_type="linear",
-                       warmup_steps=0)
+                       warmup_steps=0,
+                       # Same arithmetic as ours: TRL defaults to bf16 autocast and gradient checkpointing, which
+                       # change both speed and the loss curve; --trl-defaults keeps them.
+                       **({} if args.trl_defaults else {"bf16": False, "gradient_checkpointing": False}))
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                          processing_class=AutoTokenizer.from_pretrained(path), peft_config=lora)
@@ -85,6 +88,7 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--trl-defaults", action="store_true", help="TRL with its own bf16 + checkpointing defaults")
     parser.add_argument("--which", choices=["ours", "trl"])
     parser.add_argument("--pairs-path")
     parser.add_argument("--out")
@@ -111,7 +115,7 @@ def main():
     for which in ("ours", "trl"):
         cmd = [sys.executable, __file__, "--which", which, "--pairs-path", str(tmp / "pairs.jsonl"), "--out",
                str(tmp / which), "--model", args.model, "--steps", str(args.steps), "--batch", str(args.batch),
-               "--lr", str(args.lr)]
+               "--lr", str(args.lr)] + (["--trl-defaults"] if args.trl_defaults else [])
         output = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
@@ -127,7 +131,7 @@ def main():
     print(f"peak memory ours/TRL: {ours['peak_memory_gb'] / trl['peak_memory_gb']:.2f}x")
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     print(f"mean loss over the last half: ours {mean(ours['losses'][len(ours['losses']) // 2:]):.4f}, "
-          f"TRL {mean(trl['losses'][len(trl['losses']) // 2:]):.4f} (same data, order differs by shuffle)")
+          f"TRL {mean(trl['losses'][len(trl['losses']) // 2:]):.4f} (same pairs, same seed)")
     print(json.dumps({"tokens_per_pair": tokens_per_pair, **results}))
 
 
