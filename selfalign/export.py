@@ -121,7 +121,7 @@ def compare_logits(merged: list[torch.Tensor], trained: list[torch.Tensor], dtyp
 
 def model_card(info: dict) -> str:
     lines = [f"# {info.get('name', 'selfalign export')}", "",
-             "Exported by [selfalign](https://github.com/) with LoRA folded in: plain transformers/vLLM checkpoint.", "",
+             "Exported by selfalign with any LoRA adapter folded in: a plain transformers / vLLM checkpoint.", "",
              "## Lineage", "", f"- base model: `{info.get('base_model')}`"]
     for key in ("recipe", "recipe_sha256", "loss_type", "iterations", "iteration"):
         if info.get(key) is not None:

@@ -103,6 +103,7 @@ def _plot(run_dir: Path, rows: list[dict]) -> Path | None:
         points = [(x, r.get(key)) for x, r in zip(xs, rows) if r.get(key) is not None]
         if points:
             left.plot(*zip(*points), marker="o", label=label)
+    left.set_xticks(xs)
     left.set_xlabel("iteration")
     left.set_title("held-out accuracy")
     left.legend()
@@ -113,6 +114,7 @@ def _plot(run_dir: Path, rows: list[dict]) -> Path | None:
             values = [v for _, v in points]
             scale = max(abs(v) for v in values) or 1
             right.plot([x for x, _ in points], [v / scale for v in values], marker="o", label=f"{label} (/{scale:.3g})")
+    right.set_xticks(xs)
     right.set_xlabel("iteration")
     right.set_title("training signal (scaled)")
     right.legend(fontsize=8)
