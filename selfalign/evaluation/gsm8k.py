@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
-from selfalign.judging.answers import extract_answer, normalize_number, strict_answer
+from selfalign.judging.answers import extract_answer, last_number, majority_answer, normalize_number, strict_answer
 
 
 def load_gsm8k(protocol: dict, data: Path | None) -> list[dict]:
@@ -41,21 +40,11 @@ def messages_for(question: str, protocol: dict) -> list[dict]:
 def score(outputs: list[str], golds: list[str]) -> dict:
     """strict-match: an explicit "#### N" / "The (final) answer is N"; flexible-extract: the last number."""
     strict = [strict_answer(o) == g for o, g in zip(outputs, golds)]
-    flexible = [_last_number(o) == g for o, g in zip(outputs, golds)]
+    flexible = [last_number(o) == g for o, g in zip(outputs, golds)]
     n = max(len(golds), 1)
     return {"strict-match": sum(strict) / n, "flexible-extract": sum(flexible) / n, "n": len(golds)}
 
 
-def _last_number(text: str) -> str | None:
-    from selfalign.judging.answers import _ANY_NUMBER
-
-    numbers = _ANY_NUMBER.findall(text)
-    return normalize_number(numbers[-1]) if numbers else None
-
-
 def majority_score(samples: list[list[str]], golds: list[str]) -> float:
-    right = 0
-    for texts, gold in zip(samples, golds):
-        votes = Counter(a for a in (extract_answer(t) for t in texts) if a is not None)
-        right += bool(votes) and votes.most_common(1)[0][0] == gold
+    right = sum(majority_answer([extract_answer(t) for t in texts]) == gold for texts, gold in zip(samples, golds))
     return right / max(len(golds), 1)

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pydantic import BaseModel, ConfigDict
 
 from selfalign.generation import SamplingSettings
-from selfalign.judging.answers import count_votes, extract_answer, normalize_number
+from selfalign.judging.answers import extract_answer, majority_answer, normalize_number
 from selfalign.records import PromptRecord
 
 
@@ -55,8 +55,7 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
             texts = by_prompt[pid]
             right = [_correct(t, p.answer) for t in texts]
             sample_acc.append(sum(right) / len(right))
-            grouped, votes = count_votes([extract_answer(t) for t in texts])
-            top = max(votes.items(), key=lambda kv: kv[1])[0] if votes else None
+            top = majority_answer([extract_answer(t) for t in texts])
             majority.append(top is not None and top == (normalize_number(p.answer) or p.answer))
             any_right.append(any(right))
         n = len(sampled_prompts)

@@ -82,6 +82,19 @@ def chat_token_ids(tokenizer, messages) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def left_pad(encoded: list[list[int]], pad_token_id: int):
+    """(input_ids, attention_mask) with every sequence right-aligned, so the next token follows each prompt."""
+    import torch
+
+    width = max(map(len, encoded))
+    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        input_ids[row, width - len(tokens):] = torch.tensor(tokens)
+        attention_mask[row, width - len(tokens):] = 1
+    return input_ids, attention_mask
+
+
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     """Truncate at the first stop string (excluded), as vLLM does."""
     cut = min((text.find(s) for s in stop if s and s in text), default=-1)

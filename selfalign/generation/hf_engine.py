@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from selfalign.generation import SamplingSettings, chat_token_ids, cut_at_stop, prompt_ids
+from selfalign.generation import SamplingSettings, chat_token_ids, cut_at_stop, left_pad, prompt_ids
 from selfalign.models import load_model, load_tokenizer
 from selfalign.records import PromptRecord, Sample
 
@@ -48,12 +48,8 @@ class HFEngine:
         results: dict[int, list[Sample]] = {}
         batches = self._batches(encoded, settings)
         for batch_index, batch in enumerate(tqdm(batches, desc="generate (hf)", disable=not progress)):
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # left padding: generation continues right after the prompt
-                input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                attention[row, width - len(encoded[i]):] = 1
+            input_ids, attention = left_pad([encoded[i] for i in batch], pad_id)
+            width = input_ids.shape[1]
             torch.manual_seed(settings.seed + batch_index)  # same seed, same batches -> same samples
             sampling = settings.temperature > 0
             out = self.model.generate(

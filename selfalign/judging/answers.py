@@ -52,6 +52,11 @@ def extract_answer(text: str) -> str | None:
     boxed = _boxed(text)
     if boxed is not None:
         return normalize_number(boxed) or boxed
+    return last_number(text)
+
+
+def last_number(text: str) -> str | None:
+    """The last number in the text, normalized (lm-eval-harness's flexible-extract)."""
     numbers = _ANY_NUMBER.findall(text)
     return normalize_number(numbers[-1]) if numbers else None
 

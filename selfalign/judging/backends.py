@@ -52,7 +52,7 @@ class LocalJudge:
 
     @torch.no_grad()
     def letter_probs(self, chats: list[list[dict]], letters=("A", "B")) -> list[dict[str, float] | None]:
-        from selfalign.generation import chat_token_ids
+        from selfalign.generation import chat_token_ids, left_pad
 
         tokenizer, model = self.engine.tokenizer, self.engine.model
         letter_ids = {letter: [tokenizer.encode(v, add_special_tokens=False)[0] for v in (letter, " " + letter)]
@@ -60,12 +60,7 @@ class LocalJudge:
         results = []
         for start in range(0, len(chats), self.batch_size):
             encoded = [chat_token_ids(tokenizer, chat) for chat in chats[start:start + self.batch_size]]
-            width = max(map(len, encoded))
-            ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for row, tokens in enumerate(encoded):
-                ids[row, width - len(tokens):] = torch.tensor(tokens)
-                mask[row, width - len(tokens):] = 1
+            ids, mask = left_pad(encoded, tokenizer.pad_token_id)
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, -1]
             logprobs = logits.float().log_softmax(-1).cpu()
             for row in range(len(encoded)):
