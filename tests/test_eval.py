@@ -174,6 +174,30 @@ def test_alpaca_eval_pipeline_end_to_end(tmp_path, shared_data):
     annotations = [json.loads(line) for line in (out / "annotations.jsonl").open()]
     assert all(0.0 <= a["preference"] <= 1.0 for a in annotations)
 
+    results = json.loads((out / "results.json").read_text())
+    assert results["numbers"]["length_controlled_win_rate"] is None
+    assert "instruction_difficulty.csv not found" in results["settings"]["length_controlled"]
+
+    # The same run with alpaca_eval's difficulty table beside the data (a synthetic one: the real table is hub-only):
+    # the finished answers and judgments are reused and the length-controlled win rate is fitted.
+    data = tmp_path / "ae_data"
+    data.mkdir()
+    for name in ("reference_outputs", "evaluators_configs", "instructions_805.jsonl"):
+        (data / name).symlink_to(shared_data / "alpaca_eval" / name)
+    (data / "instruction_difficulty.csv").write_text(
+        "index,instruction_difficulty\n" + "".join(f"{i},{math.sin(i):.6f}\n" for i in range(805)))
+    answers_before = (out / "outputs.jsonl").read_text()
+    result = runner.invoke(app, ["eval", "alpaca-eval", "--model", "default", "--out", str(out), "--data", str(data),
+                                 "--config", str(config), "--limit", "3", "--engine", "hf"])
+    assert result.exit_code == 0, result.output
+    assert (out / "outputs.jsonl").read_text() == answers_before
+    results = json.loads((out / "results.json").read_text())
+    assert 0 < results["numbers"]["length_controlled_win_rate"] < 100
+    assert results["settings"]["length_controlled"]["regularized_to_gamed_baselines"] is False
+    assert set(results["settings"]["length_controlled"]["weights"]) == {
+        "np.tanh(std_delta_len)", "instruction_difficulty", "not_gamed_baseline.astype(float)"}
+    assert "length_controlled_win_rate" in (out / "results.md").read_text()
+
     compare = runner.invoke(app, ["eval", "compare", str(out), str(out)])
     assert compare.exit_code == 0 and "win_rate" in compare.output
 

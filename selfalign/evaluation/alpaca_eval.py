@@ -69,6 +69,59 @@ def win_rate(preferences: list[float]) -> dict:
             "n_draws": draws, "n_total": n, "discrete_win_rate": 100 * (wins + draws / 2) / n}
 
 
+def length_control(protocol: dict, data: Path | None, rows: list[dict], outputs: list[str],
+                   preferences: list[float | None]) -> tuple[dict, dict]:
+    """(numbers, settings) of the length-controlled win rate, or the reason it was not computed.
+
+    The files come from `--data DIR` (names in the protocol's `length_control` block, or absolute paths), else from
+    the hub dataset. With the gamed-baseline annotations the GLM is alpaca_eval's exactly (instruction difficulty
+    from that file, regularized toward the gamed baselines); with only the difficulty table it is fitted without
+    that regularization, and the settings say so.
+    """
+    from selfalign.evaluation import length_controlled as lcm
+
+    spec = protocol.get("length_control") or {}
+    if not spec.get("instruction_difficulty") and not spec.get("gamed_annotations"):
+        return {"length_controlled_win_rate": None}, {"length_controlled": "off in the protocol"}
+    found, reasons = {}, []
+    for key in ("instruction_difficulty", "gamed_annotations"):
+        if spec.get(key):
+            path, reason = _locate(spec[key], data, spec.get("hub_dataset", "tatsu-lab/alpaca_eval"))
+            found[key] = path
+            reasons += [reason] if reason else []
+    if not found.get("instruction_difficulty") and not found.get("gamed_annotations"):
+        return ({"length_controlled_win_rate": None},
+                {"length_controlled": "not computed: " + "; ".join(reasons) +
+                 " (alpaca_eval's instruction_difficulty.csv and df_gamed.csv are on the hub, tatsu-lab/alpaca_eval)"})
+    gamed = lcm.load_gamed_annotations(found["gamed_annotations"]) if found.get("gamed_annotations") else None
+    if gamed is not None:  # alpaca_eval takes the difficulty from the gamed annotations
+        firsts = gamed.drop_duplicates("index")
+        difficulty = dict(zip(firsts["index"].astype(int), firsts["instruction_difficulty"].astype(float)))
+    else:
+        difficulty = lcm.load_instruction_difficulty(found["instruction_difficulty"])
+    fit = lcm.length_controlled_win_rate(preferences, outputs, [r["reference"] for r in rows], [r["id"] for r in rows],
+                                         difficulty, gamed, spec.get("regularize_to_baseline_lambda", 0.2),
+                                         spec.get("n_splits", 5))
+    numbers = {"length_controlled_win_rate": fit.pop("length_controlled_win_rate"),
+               "lc_standard_error": fit.pop("lc_standard_error")}
+    settings = {"length_controlled": {**fit, "files": {k: str(v) for k, v in found.items() if v},
+                                      "not_found": reasons or None}}
+    return numbers, settings
+
+
+def _locate(name: str, data: Path | None, hub_dataset: str) -> tuple[Path | None, str | None]:
+    path = Path(name)
+    if path.is_absolute() or data is not None:
+        path = path if path.is_absolute() else Path(data) / name
+        return (path, None) if path.exists() else (None, f"{path} not found")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(hub_dataset, name, repo_type="dataset")), None
+    except Exception as e:  # offline, gated, renamed: the raw win rate stands without it
+        return None, f"{name} not downloaded from {hub_dataset}: {type(e).__name__}"
+
+
 def model_outputs_json(rows: list[dict], outputs: list[str], generator: str) -> list[dict]:
     """alpaca_eval's model_outputs.json, for its official CLI."""
     return [{"instruction": r["instruction"], "output": o, "generator": generator, "dataset": r.get("dataset")}

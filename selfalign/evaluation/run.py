@@ -141,12 +141,12 @@ def run_alpaca_eval(engine, model: str, out: Path, protocol: dict, data: Path | 
     if not valid:
         raise RuntimeError("the judge returned no log-probabilities for 'm'/'M': AlpacaEval 2.0's weighted annotator "
                            "needs an endpoint or local model that exposes token log-probabilities")
-    numbers = {**ae.win_rate(valid), "abstained": len(preferences) - len(valid),
-               "length_controlled_win_rate": None, "avg_length": sum(map(len, outputs)) / len(outputs)}
+    lc_numbers, lc_settings = ae.length_control(protocol, data, rows, outputs, preferences)
+    numbers = {**ae.win_rate(valid), **lc_numbers, "abstained": len(preferences) - len(valid),
+               "avg_length": sum(map(len, outputs)) / len(outputs)}
     return write_results(out, "alpaca_eval", model, judge.name, numbers,
                          {"protocol": protocol, "limit": limit, "data": str(data) if data else "tatsu-lab/alpaca_eval",
-                          "length_controlled": "not computed: needs alpaca_eval's instruction-difficulty table and GLM"},
-                         local_judge)
+                          **lc_settings}, local_judge)
 
 
 def _safe(name: str) -> str:
