@@ -12,7 +12,16 @@ import yaml
 from selfalign.io import write_json
 from selfalign.versions import package_versions
 
-EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
+
+def _evals_dir() -> Path:
+    """evals/ of a source checkout (editable install), else the copy a wheel carries as selfalign/protocols."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").exists() and (checkout / "evals").is_dir():
+        return checkout / "evals"
+    return Path(__file__).resolve().parents[1] / "protocols"
+
+
+EVALS_DIR = _evals_dir()
 
 
 def load_protocol(benchmark: str, config: Path | None = None) -> dict:
