@@ -35,7 +35,8 @@ def run_ours(args, pairs_path, out):
 
     cfg = TrainConfig(model=args.model, loss_type="dpo", beta=0.1, learning_rate=args.lr, max_steps=args.steps,
                       per_device_train_batch_size=args.batch, max_length=256, lora_r=16, lora_alpha=32,
-                      report_to=[], save_steps=10_000, seed=0)
+                      report_to=[], save_steps=10_000, seed=0, bf16=args.trl_defaults,
+                      gradient_checkpointing=args.trl_defaults)
     start = time.perf_counter()
     summary = train(cfg, pairs_path, out)
     losses = [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -88,7 +89,8 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--trl-defaults", action="store_true", help="TRL with its own bf16 + checkpointing defaults")
+    parser.add_argument("--trl-defaults", action="store_true",
+                        help="both trainers with TRL's defaults: bf16 autocast and gradient checkpointing")
     parser.add_argument("--which", choices=["ours", "trl"])
     parser.add_argument("--pairs-path")
     parser.add_argument("--out")

@@ -105,7 +105,8 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(device: str, dtype: str = "auto") -> torch.dtype:
-    """bf16 where the GPU supports it, fp32 on CPU (this class of CPU has no native bf16)."""
+    """Weights in bf16 where the GPU supports it, fp32 on CPU (for bf16 speed there, train with `bf16: true`:
+    mixed precision keeps fp32 weights and optimizer state)."""
     if dtype != "auto":
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():

@@ -108,6 +108,24 @@ def test_live_reference_equals_precomputed(tmp_path, pairs_file, tiny_model_path
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-5)
 
 
+def test_bf16_mixed_precision_autocasts_and_keeps_fp32_weights(tmp_path, pairs_file, tiny_model_path):
+    from safetensors.torch import load_file
+
+    runs = {}
+    for bf16 in (False, True):
+        cfg = TrainConfig(model=tiny_model_path, loss_type="dpo", learning_rate=1e-3, max_steps=2,
+                          per_device_train_batch_size=2, use_peft=True, lora_r=4, report_to=[], bf16=bf16)
+        summary = train(cfg, pairs_file, tmp_path / str(bf16))
+        runs[bf16] = [json.loads(line) for line in (tmp_path / str(bf16) / "metrics.jsonl").read_text().splitlines()]
+        adapter = load_file(next((tmp_path / str(bf16) / "final").glob("*.safetensors")))
+        assert {t.dtype for t in adapter.values()} == {torch.float32}, "fp32 master weights"
+    fp32, mixed = runs[False][0], runs[True][0]
+    assert mixed["loss"] == pytest.approx(0.6931, abs=2e-3), "step 1: policy and reference under the same autocast"
+    # bf16 matmuls round differently: close to fp32, but not bit-equal (equal would mean autocast never ran)
+    assert mixed["logps/chosen"] != fp32["logps/chosen"]
+    assert mixed["logps/chosen"] == pytest.approx(fp32["logps/chosen"], rel=0.05)
+
+
 def test_qlora_on_cpu_is_a_clear_error(tmp_path, pairs_file, tiny_model_path):
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU error")

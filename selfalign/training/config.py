@@ -41,7 +41,9 @@ class TrainConfig(BaseModel):
     lora_target_modules: list[str] | str = "all-linear"
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights through bitsandbytes (GPU only)")
     gradient_checkpointing: bool = False
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="dtype the weights are loaded in")
+    bf16: bool = Field(False, description="bf16 mixed precision as TRL's `bf16`: autocast, fp32 weights and "
+                       "optimizer; `accelerate launch --mixed_precision bf16` turns it on too")
     precompute_ref_log_probs: bool = Field(True, description="one reference pass before training; else a live "
                                            "reference (adapter disabled with LoRA, a frozen copy otherwise)")
 

@@ -33,6 +33,7 @@ REFERENCE_FREE = {"simpo"}
 
 def make_accelerator(cfg: TrainConfig, out_dir: Path):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
     handlers = []
@@ -40,7 +41,12 @@ def make_accelerator(cfg: TrainConfig, out_dir: Path):
     if multi_process and not torch.cuda.is_available():  # on CPU, name gloo explicitly (else one process runs)
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     report_to = [r for r in cfg.report_to if r != "wandb" or _wandb_available()]
+    # accelerate keeps one state per process; a second train() in the same process (a notebook, the tests) may ask
+    # for another precision. The distributed part (PartialState) is kept.
+    AcceleratorState._reset_state()
+    # None leaves accelerate's own choice (its launch config or --mixed_precision) in force.
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=report_to or None,
+                              mixed_precision="bf16" if cfg.bf16 else None,
                               project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
                               kwargs_handlers=handlers)
     if accelerator.state.deepspeed_plugin is not None:  # we pass no dataloader, so DeepSpeed needs the sizes here
