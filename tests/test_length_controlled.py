@@ -68,7 +68,7 @@ def _alpaca_eval_lc(monkeypatch, tmp_path, gamed, ref, model, pref, lam):
                                 "preference": np.asarray(pref) + 1})
     info = {**glm.GLM_INFO["length_controlled_v1"], "regularize_to_baseline_lambda": lam}
     return glm.get_length_controlled_winrate(annotations, save_weights_dir=None, glm_info=info,
-                                             is_add_glm_preference_inplace=False), annotations
+                                             is_add_glm_preference_inplace=False)
 
 
 @pytest.mark.parametrize("lam", [0.2, None], ids=["regularized", "unregularized"])
@@ -76,7 +76,7 @@ def test_parity_with_alpaca_eval(world, monkeypatch, tmp_path, lam):
     gamed = world.gamed_frame()
     ref, model = world.outputs(1.8)
     pref, _ = world.judge(ref, model, 0.3)
-    theirs, annotations = _alpaca_eval_lc(monkeypatch, tmp_path, gamed, ref, model, pref, lam)
+    theirs = _alpaca_eval_lc(monkeypatch, tmp_path, gamed, ref, model, pref, lam)
 
     ours = lcm.length_controlled_win_rate(list(pref), model, ref, list(range(N)),
                                           dict(enumerate(world.difficulty)), gamed.drop(columns="model"),
@@ -216,3 +216,22 @@ def test_tables_come_from_the_hub_cache_when_no_data_dir(tmp_path, monkeypatch, 
     (snapshot / "instruction_difficulty.csv").unlink()
     numbers, settings = ae.length_control(protocol, None, rows, model[:40], list(pref[:40]))
     assert numbers["length_controlled_win_rate"] is None and settings["length_controlled"].startswith("not computed")
+
+
+def test_data_dir_with_gamed_annotations_gives_alpaca_eval_fit(tmp_path, world):
+    """From --data DIR: difficulty taken from df_gamed.csv (the table is not read), the regularized fit."""
+    gamed = world.gamed_frame()
+    gamed.to_csv(tmp_path / "df_gamed.csv", index=False)
+    (tmp_path / "instruction_difficulty.csv").write_text("index,instruction_difficulty\n0,not-read\n")
+    ref, model = world.outputs(1.5)
+    pref, _ = world.judge(ref, model, 0.1)
+    rows = [{"id": i, "reference": r} for i, r in enumerate(ref)]
+    protocol = {"length_control": {"instruction_difficulty": "instruction_difficulty.csv",
+                                   "gamed_annotations": "df_gamed.csv"}}
+    numbers, settings = ae.length_control(protocol, tmp_path, rows, model, list(pref))
+    direct = lcm.length_controlled_win_rate(list(pref), model, ref, list(range(N)), dict(enumerate(world.difficulty)),
+                                            gamed.drop(columns="model"))
+    assert numbers["length_controlled_win_rate"] == pytest.approx(direct["length_controlled_win_rate"], abs=1e-9)
+    info = settings["length_controlled"]
+    assert info["regularized_to_gamed_baselines"] is True and info["not_found"] is None
+    assert set(info["files"]) == {"gamed_annotations"}

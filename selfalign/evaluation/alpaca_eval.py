@@ -83,29 +83,33 @@ def length_control(protocol: dict, data: Path | None, rows: list[dict], outputs:
     spec = protocol.get("length_control") or {}
     if not spec.get("instruction_difficulty") and not spec.get("gamed_annotations"):
         return {"length_controlled_win_rate": None}, {"length_controlled": "off in the protocol"}
-    found, reasons = {}, []
-    for key in ("instruction_difficulty", "gamed_annotations"):
-        if spec.get(key):
-            path, reason = _locate(spec[key], data, spec.get("hub_dataset", "tatsu-lab/alpaca_eval"))
-            found[key] = path
-            reasons += [reason] if reason else []
-    if not found.get("instruction_difficulty") and not found.get("gamed_annotations"):
-        return ({"length_controlled_win_rate": None},
-                {"length_controlled": "not computed: " + "; ".join(reasons) +
-                 " (alpaca_eval's instruction_difficulty.csv and df_gamed.csv are on the hub, tatsu-lab/alpaca_eval)"})
-    gamed = lcm.load_gamed_annotations(found["gamed_annotations"]) if found.get("gamed_annotations") else None
-    if gamed is not None:  # alpaca_eval takes the difficulty from the gamed annotations
+    hub_dataset = spec.get("hub_dataset", "tatsu-lab/alpaca_eval")
+    gamed, difficulty, files, reasons = None, None, {}, []
+    if spec.get("gamed_annotations"):
+        path, reason = _locate(spec["gamed_annotations"], data, hub_dataset)
+        if path:
+            gamed, files["gamed_annotations"] = lcm.load_gamed_annotations(path), str(path)
+        else:
+            reasons.append(reason)
+    if gamed is not None:  # alpaca_eval takes the difficulty from the gamed annotations: the table is not needed
         firsts = gamed.drop_duplicates("index")
         difficulty = dict(zip(firsts["index"].astype(int), firsts["instruction_difficulty"].astype(float)))
-    else:
-        difficulty = lcm.load_instruction_difficulty(found["instruction_difficulty"])
+    elif spec.get("instruction_difficulty"):
+        path, reason = _locate(spec["instruction_difficulty"], data, hub_dataset)
+        if path:
+            difficulty, files["instruction_difficulty"] = lcm.load_instruction_difficulty(path), str(path)
+        else:
+            reasons.append(reason)
+    if difficulty is None:
+        return ({"length_controlled_win_rate": None},
+                {"length_controlled": "not computed: " + "; ".join(reasons) +
+                 f" (alpaca_eval's instruction_difficulty.csv and df_gamed.csv are on the hub, {hub_dataset})"})
     fit = lcm.length_controlled_win_rate(preferences, outputs, [r["reference"] for r in rows], [r["id"] for r in rows],
                                          difficulty, gamed, spec.get("regularize_to_baseline_lambda", 0.2),
                                          spec.get("n_splits", 5))
     numbers = {"length_controlled_win_rate": fit.pop("length_controlled_win_rate"),
                "lc_standard_error": fit.pop("lc_standard_error")}
-    settings = {"length_controlled": {**fit, "files": {k: str(v) for k, v in found.items() if v},
-                                      "not_found": reasons or None}}
+    settings = {"length_controlled": {**fit, "files": files, "not_found": reasons or None}}
     return numbers, settings
 
 
