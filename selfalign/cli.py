@@ -7,17 +7,36 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
 
-from selfalign.cli_utils import console, fail as _fail, setup_logging as _setup_logging
+from selfalign.cli_utils import console, load_config, parse_set_options, setup_logging
+from selfalign.errors import SelfAlignError
+from selfalign.losses import LOSSES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+class _Commands(TyperGroup):
+    """Every command's expected failure (a SelfAlignError) becomes one line on stderr and exit status 2; any other
+    exception is a bug and keeps its traceback (as does every error under --verbose)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SelfAlignError as e:
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details")) -> None:
-    _setup_logging(verbose)
+def main(ctx: typer.Context,
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="log details; tracebacks for every error")) -> None:
+    ctx.obj = {"verbose": verbose}
+    setup_logging(verbose)
 
 
 @app.command()
@@ -49,34 +68,32 @@ def generate(
     prompts: Path = typer.Option(..., help="JSONL, one {'prompt': str} or {'messages': [...]} per line"),
     out: Path = typer.Option(..., help="where the samples JSONL is written (atomically)"),
     model: str = typer.Option("default", help="hub id, local folder, .gguf file, or 'default'"),
-    engine: str = typer.Option("auto", help="hf | vllm | auto"),
-    n: int = typer.Option(4, help="samples per prompt"),
-    temperature: float = 0.8,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    stop: list[str] = typer.Option([], help="stop string (repeatable)"),
-    seed: int = 0,
-    logprobs: bool = typer.Option(False, help="record each sample's summed log-prob"),
+    config: Optional[Path] = typer.Option(None, help="YAML/JSON with generation fields (a recipe's `generation:`)"),
+    engine: Optional[str] = typer.Option(None, help="hf | vllm | auto  [default: auto]"),
+    n: Optional[int] = typer.Option(None, help="samples per prompt  [default: 8]"),
+    temperature: Optional[float] = typer.Option(None, help="[default: 0.8]"),
+    top_p: Optional[float] = typer.Option(None, help="[default: 1.0]"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="[default: 256]"),
+    stop: Optional[list[str]] = typer.Option(None, help="stop string (repeatable)"),
+    seed: Optional[int] = typer.Option(None, help="[default: 0]"),
+    logprobs: Optional[bool] = typer.Option(None, "--logprobs", help="record each sample's summed log-prob"),
     limit: Optional[int] = typer.Option(None, help="only the first N prompts"),
     show: int = typer.Option(0, help="print a table of the first N samples"),
 ) -> None:
     """Sample N completions per prompt from a model."""
-    from selfalign.generation import SamplingSettings, get_engine
-    from selfalign.io import DataFileError, read_jsonl, write_jsonl
-    from selfalign.models import ModelNotFoundError
-    from selfalign.records import PromptRecord
-
-    try:
-        records = read_jsonl(prompts, PromptRecord)[:limit]
-        settings = SamplingSettings(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                    stop=stop, seed=seed, logprobs=logprobs)
-        gen = get_engine(engine, model, **({"seed": seed} if engine != "hf" else {}))
-    except (DataFileError, ModelNotFoundError, ValueError, RuntimeError) as e:
-        _fail(str(e))
     import time
 
+    from selfalign.generation import GenerationConfig, get_engine
+    from selfalign.io import read_jsonl, write_jsonl
+    from selfalign.records import PromptRecord
+
+    cfg = load_config(GenerationConfig, config, {"engine": engine, "n": n, "temperature": temperature, "top_p": top_p,
+                                                 "max_new_tokens": max_new_tokens, "stop": stop or None, "seed": seed,
+                                                 "record_logprobs": logprobs})
+    records = read_jsonl(prompts, PromptRecord)[:limit]
+    gen = get_engine(cfg.engine, model, seed=cfg.seed or 0)
     start = time.perf_counter()
-    samples = gen.generate(records, settings, progress=True)
+    samples = gen.generate(records, cfg.sampling(), progress=True)
     seconds = time.perf_counter() - start
     write_jsonl(out, samples)
     tokens = sum(s.num_tokens for s in samples)
@@ -96,50 +113,31 @@ def generate(
 def judge(
     samples: Path = typer.Option(..., help="samples JSONL from `selfalign generate`"),
     out: Path = typer.Option(..., help="scored samples JSONL (atomic; resumes from OUT.partial)"),
-    scorer: str = typer.Option("self-consistency", help="self-consistency | llm-judge | reward-model"),
-    judge_model: str = typer.Option("default", help="llm-judge / reward-model: hub id, folder, or 'default'"),
+    config: Optional[Path] = typer.Option(None, help="YAML/JSON with judge fields (a recipe's `judge:`)"),
+    scorer: Optional[str] = typer.Option(None, help="self-consistency | llm-judge | reward-model  "
+                                         "[default: self-consistency]"),
+    judge_model: Optional[str] = typer.Option(None, help="llm-judge / reward-model: hub id, folder, or 'default'"),
     judge_base_url: Optional[str] = typer.Option(None, help="llm-judge: an OpenAI-compatible endpoint (.../v1)"),
-    judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the API key"),
-    mode: str = typer.Option("pairwise", help="llm-judge: pointwise | pairwise"),
-    use_logprobs: bool = typer.Option(True, help="pairwise: read the preference from answer-letter probabilities"),
-    concurrency: int = typer.Option(8, help="OpenAI endpoint: requests in flight"),
+    judge_api_key_env: Optional[str] = typer.Option(None, help="environment variable holding the API key  "
+                                                    "[default: OPENAI_API_KEY]"),
+    mode: Optional[str] = typer.Option(None, help="llm-judge: pointwise | pairwise  [default: pairwise]"),
+    use_logprobs: Optional[bool] = typer.Option(None, "--use-logprobs/--no-use-logprobs",
+                                                help="pairwise: read the preference from answer-letter probabilities"),
+    concurrency: Optional[int] = typer.Option(None, help="OpenAI endpoint: requests in flight  [default: 8]"),
 ) -> None:
     """Score samples: self-consistency votes, an LLM judge, or a reward model."""
-    from collections import Counter
-
-    from selfalign.io import DataFileError, read_jsonl
-    from selfalign.judging.stage import SCORERS, score_file, summarize, write_report
-    from selfalign.models import ModelNotFoundError
+    from selfalign.io import read_jsonl
+    from selfalign.judging.scorers import JudgeConfig, make_scorer
+    from selfalign.judging.stage import score_file, summarize, write_report
     from selfalign.records import Sample
 
-    if scorer not in SCORERS:
-        _fail(f"unknown scorer {scorer!r}: choose one of {', '.join(SCORERS)}")
-    if mode not in ("pointwise", "pairwise"):
-        _fail(f"unknown llm-judge mode {mode!r}: choose pointwise or pairwise")
-    try:
-        records = read_jsonl(samples, Sample)
-        stats: Counter = Counter()
-        if scorer == "self-consistency":
-            from selfalign.judging.self_consistency import score_self_consistency as score_group
-        elif scorer == "reward-model":
-            from selfalign.judging.reward_model import RewardModelScorer
-
-            score_group = RewardModelScorer(judge_model).score
-        else:
-            from selfalign.judging.backends import LocalJudge, OpenAIJudge
-            from selfalign.judging.llm_judge import judge_pairwise, judge_pointwise
-
-            backend = (OpenAIJudge(judge_model, base_url=judge_base_url, api_key_env=judge_api_key_env,
-                                   concurrency=concurrency, cache_path=out.with_name(out.name + ".judge-cache.jsonl"))
-                       if judge_base_url else LocalJudge(judge_model))
-            if mode == "pointwise":
-                score_group = lambda group: judge_pointwise(backend, group, stats=stats)  # noqa: E731
-            else:
-                score_group = lambda group: judge_pairwise(backend, group, use_logprobs, stats=stats)  # noqa: E731
-    except (DataFileError, ModelNotFoundError, ValueError) as e:
-        _fail(str(e))
+    cfg = load_config(JudgeConfig, config, {"scorer": scorer, "judge_model": judge_model,
+                                            "judge_base_url": judge_base_url, "judge_api_key_env": judge_api_key_env,
+                                            "mode": mode, "use_logprobs": use_logprobs, "concurrency": concurrency})
+    records = read_jsonl(samples, Sample)
+    score_group, stats = make_scorer(cfg, out.with_name(out.name + ".judge-cache.jsonl"))
     scored = score_file(records, score_group, out)
-    report = {"scorer": scorer, "mode": mode if scorer == "llm-judge" else None, **summarize(scored, stats)}
+    report = {"scorer": cfg.scorer, "mode": cfg.mode if cfg.scorer == "llm-judge" else None, **summarize(scored, stats)}
     write_report(out, report)
     console.print(f"scored {len(scored)} samples -> {out}; {report}")
 
@@ -148,72 +146,39 @@ def judge(
 def build_pairs(
     scored: Path = typer.Option(..., help="scored samples JSONL from `selfalign judge`"),
     out: Path = typer.Option(..., help="pairs (or ranked lists) JSONL, written atomically"),
-    mode: str = typer.Option("pairs", help="pairs | scpo | lists"),
-    min_margin: float = 0.0,
-    vote_threshold: int = typer.Option(1, help="scpo: tau, least votes of the chosen answer"),
-    max_pairs_per_prompt: int = 1,
+    config: Optional[Path] = typer.Option(None, help="YAML/JSON with pair fields (a recipe's `pairs:`)"),
+    mode: Optional[str] = typer.Option(None, help="pairs | scpo | lists  [default: pairs]"),
+    min_margin: Optional[float] = None,
+    vote_threshold: Optional[int] = typer.Option(None, help="scpo: tau, least votes of the chosen answer"),
+    max_pairs_per_prompt: Optional[int] = None,
     max_length_ratio: Optional[float] = typer.Option(None, help="drop pairs whose chosen is this many times longer"),
 ) -> None:
     """Build preference pairs or ranked lists from scored samples, with a report of what was dropped and why."""
-    from pydantic import ValidationError
-
-    from selfalign.io import DataFileError, read_jsonl, write_jsonl
+    from selfalign.io import read_jsonl, write_jsonl
     from selfalign.judging.stage import write_report
     from selfalign.pairs import PairOptions, build_preferences
     from selfalign.records import ScoredSample
 
-    try:
-        options = PairOptions(mode=mode, min_margin=min_margin, vote_threshold=vote_threshold,
-                              max_pairs_per_prompt=max_pairs_per_prompt, max_length_ratio=max_length_ratio)
-        records, report = build_preferences(read_jsonl(scored, ScoredSample), options)
-    except (DataFileError, ValidationError) as e:
-        _fail(str(e))
+    options = load_config(PairOptions, config, {"mode": mode, "min_margin": min_margin,
+                                                "vote_threshold": vote_threshold,
+                                                "max_pairs_per_prompt": max_pairs_per_prompt,
+                                                "max_length_ratio": max_length_ratio})
+    records, report = build_preferences(read_jsonl(scored, ScoredSample), options)
     write_jsonl(out, records)
     write_report(out, report)
     console.print(f"{report['records']} records from {report['prompts']} prompts -> {out}; {report}")
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
-    """`key=value` strings; values are parsed as YAML so numbers, booleans and lists work."""
-    import yaml
-
-    out = {}
-    for item in pairs:
-        if "=" not in item:
-            _fail(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def load_train_config(config: Optional[Path], overrides: dict):
-    import yaml
-    from pydantic import ValidationError
-
-    from selfalign.training.config import TrainConfig
-
-    values = {}
-    if config is not None:
-        if not config.exists():
-            _fail(f"{config}: file not found")
-        values = yaml.safe_load(config.read_text()) or {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig(**values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = f"{config}: " if config else ""
-        _fail(f"{where}field '{'.'.join(map(str, err['loc']))}': {err['msg']}")
-
-
 @app.command()
 def train(
-    pairs: Path = typer.Option(..., help="pairs JSONL (or ranked lists for --loss lipo)"),
+    pairs: str = typer.Option(..., help="preference data: JSONL or Parquet file, local dataset folder, or hub "
+                              "dataset id; TRL's standard or conversational form (ranked lists for lipo)"),
     out: Path = typer.Option(..., help="output folder: checkpoints/, final/, metrics.jsonl, logs/"),
+    split: str = typer.Option("train", help="dataset split, for a hub dataset or dataset folder"),
     config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields (TRL's names)"),
     model: Optional[str] = typer.Option(None, help="policy and reference model (default: 'default')"),
-    loss: Optional[str] = typer.Option(None, help="dpo | cdpo | ipo | ln_dpo | rpo | simpo | scpo | lipo | srpo"),
-    beta: Optional[float] = None,
+    loss: Optional[str] = typer.Option(None, help=f"loss_type: {' | '.join(LOSSES)}"),
+    beta: Optional[float] = typer.Option(None, help="unset: the loss's own default"),
     learning_rate: Optional[float] = None,
     max_steps: Optional[int] = None,
     num_train_epochs: Optional[float] = None,
@@ -223,19 +188,15 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="any other TrainConfig field, key=value (repeatable)"),
 ) -> None:
     """Train the policy on preference data with a DPO-family, ScPO, LiPO-λ or SRPO loss. Resumes after a kill."""
-    from selfalign.io import DataFileError
+    from selfalign.training.config import TrainConfig
     from selfalign.training.trainer import train as run_training
 
-    overrides = {"model": model, "loss_type": loss, "beta": beta, "learning_rate": learning_rate,
-                 "max_steps": max_steps, "num_train_epochs": num_train_epochs,
-                 "per_device_train_batch_size": per_device_train_batch_size,
-                 "gradient_accumulation_steps": gradient_accumulation_steps, "use_peft": use_peft,
-                 **_parse_overrides(set_)}
-    cfg = load_train_config(config, overrides)
-    try:
-        summary = run_training(cfg, pairs, out)
-    except (DataFileError, ValueError, RuntimeError) as e:
-        _fail(str(e))
+    options = {"model": model, "loss_type": loss, "beta": beta, "learning_rate": learning_rate,
+               "max_steps": max_steps, "num_train_epochs": num_train_epochs,
+               "per_device_train_batch_size": per_device_train_batch_size,
+               "gradient_accumulation_steps": gradient_accumulation_steps, "use_peft": use_peft}
+    cfg = load_config(TrainConfig, config, options, parse_set_options(set_))
+    summary = run_training(cfg, pairs, out, split=split)
     console.print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s on {summary['world_size']} "
                   f"process(es) -> {summary['output']}")
 
@@ -251,15 +212,13 @@ def export(
     push_to_hub: Optional[str] = typer.Option(None, help="also upload to this hub repo (token from HF_TOKEN)"),
 ) -> None:
     """Merge LoRA into the base weights and save a plain, verified Hugging Face checkpoint with a model card."""
-    from selfalign.export import ExportError, export as run_export
+    from selfalign.errors import ConfigError
+    from selfalign.export import export as run_export
 
     if dtype not in ("bf16", "fp16", "fp32"):
-        _fail(f"unknown dtype {dtype!r}: choose bf16, fp16 or fp32")
-    try:
-        result = run_export(source, out, dtype=dtype, iteration=iteration, force=force, base_model=base_model,
-                            push_to_hub=push_to_hub)
-    except ExportError as e:
-        _fail(str(e))
+        raise ConfigError(f"--dtype {dtype!r}: choose bf16, fp16 or fp32")
+    result = run_export(source, out, dtype=dtype, iteration=iteration, force=force, base_model=base_model,
+                        push_to_hub=push_to_hub)
     console.print(f"exported {result['source']} -> {result['out']}\nverified: {result['verification']}")
 
 
@@ -273,7 +232,6 @@ def run(
 ) -> None:
     """Run the self-alignment loop: generate -> judge -> filter -> train -> export -> evaluate, N times. Resumable."""
     from selfalign.loop import run as run_loop
-    from selfalign.recipes import RecipeError
     from selfalign.reporting import write_report
 
     printed = []
@@ -282,41 +240,12 @@ def run(
         write_report(run_dir, manifest.data, Console(width=150))
         printed.append(True)
 
-    try:
-        run_dir = run_loop(recipe, out, force=force, iterations=iterations, until=until, on_iteration=report)
-    except RecipeError as e:
-        _fail(str(e))
-    except RuntimeError as e:
-        _fail(str(e))
+    run_dir = run_loop(recipe, out, force=force, iterations=iterations, until=until, on_iteration=report)
     import json as _json
 
     path = write_report(run_dir, _json.loads((run_dir / "manifest.json").read_text()),
                         None if printed else Console(width=150), show=not printed)
     console.print(f"run folder: {run_dir}; report: {path}")
-
-
-@app.command("eval-heldout")
-def eval_heldout(
-    model: str = typer.Option(..., help="the policy to evaluate"),
-    config: Path = typer.Option(..., help="JSON or YAML with HeldoutConfig fields (data, limit, k, ...)"),
-    out: Path = typer.Option(..., help="eval.json, written atomically"),
-    engine: str = "auto",
-    seed: int = 0,
-) -> None:
-    """Held-out answer accuracy (greedy, sampled, majority@k): the loop's evaluation stage."""
-    import yaml
-
-    from selfalign.evaluation.heldout import HeldoutConfig, evaluate_heldout
-    from selfalign.generation import get_engine
-    from selfalign.io import read_jsonl, write_json
-    from selfalign.records import PromptRecord
-
-    cfg = HeldoutConfig(**yaml.safe_load(config.read_text()))
-    prompts = read_jsonl(cfg.data, PromptRecord)
-    gen = get_engine(engine, model, **({"seed": seed} if engine != "hf" else {}))
-    result = evaluate_heldout(gen, prompts, cfg, seed=seed)
-    write_json(out, {"model": model, "engine": gen.name, **result})
-    console.print({k: v for k, v in result.items() if not isinstance(v, list)})
 
 
 @app.command()
@@ -338,4 +267,4 @@ from selfalign.cli_eval import eval_app  # noqa: E402  (registered after the sta
 app.add_typer(eval_app, name="eval")
 
 if __name__ == "__main__":
-    app(sys.argv[1:])
+    app()

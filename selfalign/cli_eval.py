@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from selfalign.cli_utils import console, fail as _fail
+from selfalign.cli_utils import console, fail as _fail, load_config
 
-eval_app = typer.Typer(no_args_is_help=True, help="Benchmarks: gsm8k, mt-bench, alpaca-eval; compare two runs.")
+eval_app = typer.Typer(no_args_is_help=True, help="Benchmarks: gsm8k, mt-bench, alpaca-eval, held-out accuracy; "
+                       "compare two runs.")
 
 
 def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: Optional[Path], limit: Optional[int],
@@ -71,6 +72,28 @@ def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(.
                 config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto") -> None:
     """AlpacaEval 2.0: win rate against gpt4_1106_preview with the weighted (log-prob) annotator."""
     _eval("alpaca_eval", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env)
+
+
+@eval_app.command("heldout")
+def eval_heldout(model: str = typer.Option("default", help="the policy to evaluate"),
+                 out: Path = typer.Option(..., help="eval.json, written atomically"),
+                 config: Optional[Path] = typer.Option(None, help="YAML/JSON with held-out fields (a recipe's `eval:`)"),
+                 data: Optional[str] = typer.Option(None, help="JSONL of {prompt, answer}"),
+                 limit: Optional[int] = None, k: Optional[int] = typer.Option(None, help="samples for majority@k"),
+                 engine: str = "auto", seed: int = 0) -> None:
+    """Held-out answer accuracy: greedy, sampled, majority@k and the generation-verification gap (the loop's
+    evaluation stage)."""
+    from selfalign.evaluation.heldout import HeldoutConfig, evaluate_heldout
+    from selfalign.generation import get_engine
+    from selfalign.io import read_jsonl, write_json
+    from selfalign.records import PromptRecord
+
+    cfg = load_config(HeldoutConfig, config, {"data": data, "limit": limit, "k": k})
+    prompts = read_jsonl(cfg.data, PromptRecord)
+    gen = get_engine(engine, model, seed=seed)
+    result = evaluate_heldout(gen, prompts, cfg, seed=seed)
+    write_json(out, {"model": model, "engine": gen.name, **result})
+    console.print({k: v for k, v in result.items() if not isinstance(v, list)})
 
 
 @eval_app.command("compare")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from selfalign.errors import SelfAlignError
 from selfalign.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.05}
 MIN_TOP1_AGREEMENT = 0.9
 
 
-class ExportError(RuntimeError):
+class ExportError(SelfAlignError, RuntimeError):
     pass
 
 

@@ -10,17 +10,19 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+
+from selfalign.errors import SelfAlignError
 
 Record = TypeVar("Record", bound=BaseModel)
 
 
-class DataFileError(ValueError):
+class DataFileError(SelfAlignError, ValueError):
     """Bad input in a data file; the message names the file, the line and the field."""
 
-    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str):
+    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str, unit: str = "line"):
         self.path, self.line, self.field, self.problem = str(path), line, field, problem
-        where = str(path) + (f", line {line}" if line is not None else "")
+        where = str(path) + (f", {unit} {line}" if line is not None else "")
         what = f", field '{field}'" if field else ""
         super().__init__(f"{where}{what}: {problem}")
 
@@ -93,15 +95,9 @@ def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 def read_jsonl(path: str | Path, record_type: type[Record]) -> list[Record]:
     """Read and validate every line as `record_type`; the first bad one raises DataFileError."""
-    records = []
-    for line_number, obj in read_json_lines(path):
-        try:
-            records.append(record_type.model_validate(obj))
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or None
-            raise DataFileError(path, line_number, field, err["msg"]) from None
-    return records
+    from selfalign.datasets_io import validate_rows
+
+    return validate_rows(path, read_json_lines(path), record_type)
 
 
 def write_json(path: str | Path, obj) -> None:

@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
 
+from selfalign.errors import SelfAlignError
 from selfalign.io import read_jsonl, write_json, write_jsonl
 from selfalign.recipes import Recipe, RecipeError, check_inputs, load_recipe
 from selfalign.records import PromptRecord
+from selfalign.training.config import TrainConfig
 from selfalign.versions import package_versions
 
 STAGES = ("generate", "judge", "filter", "train", "export", "evaluate")
@@ -54,10 +57,27 @@ def _run(cmd: list[str], log_path: Path, env_extra: dict | None = None) -> None:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"stage command failed (exit {code}): {' '.join(cmd)}\nlog {log_path}:\n{tail}")
+        raise StageError(f"stage command failed (exit {code}): {' '.join(cmd)}\nlog {log_path}:\n{tail}")
+
+
+class StageError(SelfAlignError, RuntimeError):
+    """A stage of the loop failed; the message holds its command and the tail of its log."""
 
 
 CLI = [sys.executable, "-m", "selfalign.cli"]
+
+
+def run_stage(command: list[str], config: BaseModel, it_dir: Path, launcher: list[str] | None = None,
+              **arguments) -> None:
+    """Run one subprocess stage the same way for every stage: its typed config written to iter_NN/config/, passed as
+    `--config`, and only paths and run-level values as options. Recipe and CLI share the config models, so neither
+    can set a field the other lacks."""
+    name = "-".join(command)
+    config_path = it_dir / "config" / f"{name}.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    options = [item for key, value in arguments.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+    _run((launcher or CLI) + command + ["--config", str(config_path)] + options, it_dir / "logs" / f"{name}.log")
 
 
 def policy_of(run_dir: Path, recipe: Recipe, iteration: int) -> str:
@@ -73,26 +93,19 @@ def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) 
     chosen = (prompts + prompts)[start:start + min(size, len(prompts))]
     # Answers never reach the loop's training data: strip them from the prompts it samples.
     write_jsonl(it_dir / "prompts.jsonl", [p.model_copy(update={"answer": None}) for p in chosen])
-    g = recipe.generation
-    cmd = CLI + ["generate", "--model", policy_of(run_dir, recipe, iteration), "--prompts", str(it_dir / "prompts.jsonl"),
-                 "--out", str(it_dir / "samples.jsonl"), "--engine", g.engine, "--n", str(g.n),
-                 "--temperature", str(g.temperature), "--top-p", str(g.top_p), "--max-new-tokens", str(g.max_new_tokens),
-                 "--seed", str(recipe.seed + iteration)] + [a for s in g.stop for a in ("--stop", s)]
-    if g.record_logprobs:
-        cmd.append("--logprobs")
-    _run(cmd, it_dir / "logs" / "generate.log")
+    config = recipe.generation
+    if config.seed is None:
+        config = config.model_copy(update={"seed": recipe.seed + iteration})
+    run_stage(["generate"], config, it_dir, model=policy_of(run_dir, recipe, iteration),
+              prompts=it_dir / "prompts.jsonl", out=it_dir / "samples.jsonl")
     return {"prompts": len(chosen), "samples": sum(1 for _ in open(it_dir / "samples.jsonl"))}
 
 
 def stage_judge(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
-    j = recipe.judge
-    judge_model = policy_of(run_dir, recipe, iteration) if j.judge_model == "policy" else j.judge_model
-    cmd = CLI + ["judge", "--samples", str(it_dir / "samples.jsonl"), "--out", str(it_dir / "scored.jsonl"),
-                 "--scorer", j.scorer, "--judge-model", judge_model, "--mode", j.mode,
-                 "--use-logprobs" if j.use_logprobs else "--no-use-logprobs"]
-    if j.judge_base_url:
-        cmd += ["--judge-base-url", j.judge_base_url]
-    _run(cmd, it_dir / "logs" / "judge.log")
+    config = recipe.judge
+    if config.judge_model == "policy":  # self-rewarding: the policy being trained judges its own samples
+        config = config.model_copy(update={"judge_model": policy_of(run_dir, recipe, iteration)})
+    run_stage(["judge"], config, it_dir, samples=it_dir / "samples.jsonl", out=it_dir / "scored.jsonl")
     return json.loads((it_dir / "scored.report.json").read_text())
 
 
@@ -102,24 +115,22 @@ def stage_filter(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) ->
 
     records, report = build_preferences(read_jsonl(it_dir / "scored.jsonl", ScoredSample), recipe.pairs)
     if not records:
-        raise RuntimeError(f"iteration {iteration}: no preference data survived the filters: {report}")
+        raise StageError(f"iteration {iteration}: no preference data survived the filters: {report}")
     write_jsonl(it_dir / "pairs.jsonl", records)
     write_json(it_dir / "pairs.report.json", report)
     return report
 
 
 def stage_train(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
-    config = {**recipe.train, "model": policy_of(run_dir, recipe, iteration),
-              "seed": recipe.train.get("seed", recipe.seed + iteration)}
-    (it_dir / "train_config.yaml").write_text(yaml.safe_dump(config))
-    args = ["train", "--config", str(it_dir / "train_config.yaml"), "--pairs", str(it_dir / "pairs.jsonl"),
-            "--out", str(it_dir / "checkpoint")]
+    values = {**recipe.train.model_dump(), "model": policy_of(run_dir, recipe, iteration)}
+    if "seed" not in recipe.train.model_fields_set:
+        values["seed"] = recipe.seed + iteration
+    launcher = None
     if recipe.accelerate_config:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe.accelerate_config,
-               "-m", "selfalign.cli"] + args
-    else:
-        cmd = CLI + args
-    _run(cmd, it_dir / "logs" / "train.log")
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe.accelerate_config,
+                    "-m", "selfalign.cli"]
+    run_stage(["train"], TrainConfig.model_validate(values), it_dir, launcher=launcher, pairs=it_dir / "pairs.jsonl",
+              out=it_dir / "checkpoint")
     summary = json.loads((it_dir / "checkpoint" / "train_summary.json").read_text())
     return {"steps": summary["steps"], "final_metrics": summary["final_metrics"]}
 
@@ -129,8 +140,9 @@ def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, ma
 
     info = {"name": f"{recipe.name} iteration {iteration}", "recipe": recipe.name,
             "recipe_sha256": manifest.data.get("recipe_sha256"), "iteration": iteration,
-            "loss_type": recipe.train.get("loss_type", "dpo"),
-            "hyperparameters": {k: v for k, v in recipe.train.items() if not isinstance(v, (dict, list))},
+            "loss_type": recipe.train.loss_type,
+            "hyperparameters": {k: v for k, v in recipe.train.model_dump(exclude={"model"}).items()
+                                if not isinstance(v, (dict, list))},
             "data_counts": {str(t): {s: v.get("records", v.get("samples")) for s, v in it["stages"].items()
                                      if isinstance(v, dict) and (v.get("records") or v.get("samples"))}
                             for t, it in manifest.data.get("iterations", {}).items()},
@@ -142,12 +154,9 @@ def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, ma
 
 
 def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
-    model = policy_of(run_dir, recipe, iteration + 1)  # the policy this iteration produced (iteration 0: the base)
     it_dir.mkdir(parents=True, exist_ok=True)
-    (it_dir / "eval_config.json").write_text(recipe.eval.model_dump_json())
-    cmd = CLI + ["eval-heldout", "--model", model, "--config", str(it_dir / "eval_config.json"),
-                 "--out", str(it_dir / "eval.json"), "--engine", recipe.generation.engine, "--seed", str(recipe.seed)]
-    _run(cmd, it_dir / "logs" / "evaluate.log")
+    run_stage(["eval", "heldout"], recipe.eval, it_dir, model=policy_of(run_dir, recipe, iteration + 1),
+              out=it_dir / "eval.json", engine=recipe.generation.engine, seed=recipe.seed)
     result = json.loads((it_dir / "eval.json").read_text())
     return {k: v for k, v in result.items() if not isinstance(v, list)}
 

@@ -1,11 +1,18 @@
-"""Preference losses as pure functions on per-sequence log-probabilities.
+"""Preference losses as pure functions on per-sequence log-probabilities, and the registry that names them.
 
 Inputs are summed completion log-probs under the policy (`policy_*_logps`) and the reference (`ref_*_logps`),
 shape (B,), plus lengths, weights or scores where a loss needs them. Each returns `(losses, chosen_rewards,
 rejected_rewards)` with per-example losses (B,) and detached implicit rewards; the caller reduces and logs.
+
+Adding a loss is one function here plus one `LOSSES` entry at the bottom: the trainer passes each function the
+tensors its parameter names ask for (see `LossSpec`), and the hyperparameters its entry maps from `TrainConfig`.
 """
 
 from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -154,3 +161,72 @@ def srpo_loss(r_w_given_l: Tensor, r_l_given_l: Tensor, r_w_given_w: Tensor, r_l
     self_term = (0.5 - beta * (r_w_given_l - r_l_given_l)) ** 2 + (0.5 - beta * (r_w_given_w - r_l_given_w)) ** 2
     gen_term = (beta * (r_w_given_l + r_w - r_l_given_w - r_l) - 1) ** 2
     return alpha * self_term + (1 - alpha) * gen_term, (beta * r_w).detach(), (beta * r_l).detach()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry. A loss's parameters are filled by name from what its record kind provides (training/data.py builds
+# one column of sequences per name):
+#   pair  (columns chosen, rejected) and srpo (columns w, l, w_given_l, l_given_l, w_given_w, l_given_w):
+#         policy_<col>_logps, ref_<col>_logps, <col>_lengths, r_<col> (= policy - ref log-ratio), weights (B,)
+#   list  (K completions): policy_logps, ref_logps, lengths, scores, mask (B, K), weights (B,)
+# and the hyperparameters from `options` (function keyword -> TrainConfig field). Reference-free losses get no ref.
+
+RecordKindName = Literal["pair", "list", "srpo"]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    function: Callable
+    records: RecordKindName  # what one training record is: a pair, a ranked list, an SRPO pair (6 sequences)
+    needs_reference: bool = True
+    options: dict[str, str] = field(default_factory=lambda: {"beta": "beta"})  # keyword -> TrainConfig field
+    defaults: dict[str, float] = field(default_factory=lambda: {"beta": 0.1})  # field -> value when the user sets none
+    summary: str = ""
+
+
+LOSSES: dict[str, LossSpec] = {
+    "dpo": LossSpec(dpo_loss, "pair", summary="DPO (sigmoid)"),
+    "cdpo": LossSpec(dpo_loss, "pair", options={"beta": "beta", "label_smoothing": "label_smoothing"},
+                     defaults={"beta": 0.1, "label_smoothing": 0.1}, summary="conservative DPO (label smoothing ε)"),
+    "ipo": LossSpec(ipo_loss, "pair", summary="IPO (per-token log-ratios, TRL's convention)"),
+    "ln_dpo": LossSpec(ln_dpo_loss, "pair", defaults={"beta": 2.0}, summary="length-normalized DPO"),
+    "rpo": LossSpec(rpo_loss, "pair", options={"beta": "beta", "alpha": "alpha"}, summary="DPO + NLL on chosen"),
+    "simpo": LossSpec(simpo_loss, "pair", needs_reference=False, options={"beta": "beta", "gamma": "simpo_gamma"},
+                      defaults={"beta": 2.0}, summary="SimPO (reference-free)"),
+    "scpo": LossSpec(scpo_loss, "pair", options={"beta": "beta", "alpha": "alpha"},
+                     summary="ScPO (vote-margin weighted DPO + NLL)"),
+    "lipo": LossSpec(lipo_lambda_loss, "list", options={"beta": "beta", "lambda_weights": "lipo_lambda_weights"},
+                     summary="LiPO-λ (listwise)"),
+    "srpo": LossSpec(srpo_loss, "srpo", options={"beta": "beta", "alpha": "alpha"}, summary="SRPO (self-revision)"),
+}
+
+
+def loss_inputs(records: RecordKindName, columns: tuple[str, ...] | None, policy_logps: Tensor,
+                ref_logps: Tensor | None, lengths: Tensor, weights: Tensor, scores: Tensor, mask: Tensor) -> dict:
+    """The named tensors a record kind provides to a loss, from (B, S) per-sequence log-probs and lengths."""
+    if ref_logps is None:
+        ref_logps = torch.zeros_like(policy_logps)
+    lengths = lengths.clamp(min=1)
+    if columns is None:  # a list of K completions
+        return {"policy_logps": policy_logps, "ref_logps": ref_logps, "lengths": lengths, "scores": scores,
+                "mask": mask, "weights": weights}
+    named = {"weights": weights}
+    for index, column in enumerate(columns):
+        named[f"policy_{column}_logps"] = policy_logps[:, index]
+        named[f"ref_{column}_logps"] = ref_logps[:, index]
+        named[f"{column}_lengths"] = lengths[:, index]
+        named[f"r_{column}"] = policy_logps[:, index] - ref_logps[:, index]
+    return named
+
+
+def compute_loss(spec: LossSpec, inputs: dict, config) -> tuple[Tensor, Tensor, Tensor]:
+    """Call the spec's function with the tensors its parameters name and the configured hyperparameters."""
+    kwargs = {}
+    for name, parameter in inspect.signature(spec.function).parameters.items():
+        if name in spec.options:
+            kwargs[name] = getattr(config, spec.options[name])
+        elif name in inputs:
+            kwargs[name] = inputs[name]
+        elif parameter.default is inspect.Parameter.empty:
+            raise TypeError(f"{spec.function.__name__}: no input named {name!r} for {spec.records} records")
+    return spec.function(**kwargs)

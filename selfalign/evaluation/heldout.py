@@ -7,13 +7,12 @@ The generation-verification gap is majority@k minus greedy accuracy.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 
 from pydantic import BaseModel, ConfigDict
 
 from selfalign.generation import SamplingSettings
 from selfalign.judging.answers import extract_answer, majority_answer, normalize_number
-from selfalign.records import PromptRecord
+from selfalign.records import PromptRecord, group_by_prompt, prompt_id_of
 
 
 class HeldoutConfig(BaseModel):
@@ -46,13 +45,11 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
         sampled_prompts = prompts[:cfg.sampled_limit]
         sampled = engine.generate(sampled_prompts, SamplingSettings(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                                                             max_new_tokens=cfg.max_new_tokens, seed=seed))
-        by_prompt = defaultdict(list)
-        for s in sampled:
-            by_prompt[s.prompt_id].append(s.text)
-        ids = [p.id if p.id is not None else str(i) for i, p in enumerate(sampled_prompts)]
+        by_prompt = group_by_prompt(sampled)
+        ids = [prompt_id_of(p, i) for i, p in enumerate(sampled_prompts)]
         sample_acc, majority, any_right = [], [], []
         for pid, p in zip(ids, sampled_prompts):
-            texts = by_prompt[pid]
+            texts = [s.text for s in by_prompt[pid]]
             right = [_correct(t, p.answer) for t in texts]
             sample_acc.append(sum(right) / len(right))
             top = majority_answer([extract_answer(t) for t in texts])

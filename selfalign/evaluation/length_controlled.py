@@ -26,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from selfalign.errors import SelfAlignError
+
 FEATURES = ("np.tanh(std_delta_len)", "instruction_difficulty", "not_gamed_baseline.astype(float)")
 GAMED_COLUMNS = ("index", "preference", "std_delta_len", "instruction_difficulty", "not_gamed_baseline")
 
 
-class LengthControlDataError(ValueError):
+class LengthControlDataError(SelfAlignError, ValueError):
     """A difficulty table or gamed-annotation file that cannot be used; the message names file, line and field."""
 
 

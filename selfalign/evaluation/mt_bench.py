@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from pathlib import Path
 
-_DOUBLE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
-_SINGLE = re.compile(r"\[(\d+\.?\d*)\]")
+from selfalign.judging.prompts import find_rating
 
 
 def load_mt_bench(data: Path, reference_model: str = "gpt-4") -> tuple[list[dict], dict, dict]:
@@ -62,8 +60,8 @@ def judge_messages(question: dict, answers: list[str], turn: int, prompts: dict,
 
 def parse_score(judgment: str) -> float:
     """FastChat: `[[rating]]`, else `[rating]`; -1 when neither is there (excluded from averages, counted)."""
-    match = _DOUBLE.search(judgment) or _SINGLE.search(judgment)
-    return float(match.group(1)) if match else -1.0
+    rating = find_rating(judgment)
+    return -1.0 if rating is None else rating
 
 
 def answer_record(question_id: int, model_id: str, turns: list[str]) -> dict:

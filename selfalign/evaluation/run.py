@@ -15,26 +15,21 @@ from selfalign.evaluation import mt_bench as mt
 from selfalign.evaluation.common import resumable, write_results
 from selfalign.generation import SamplingSettings
 from selfalign.io import write_json
-from selfalign.records import PromptRecord
+from selfalign.records import PromptRecord, group_by_prompt
 
 
 def make_judge(judge: str, base_url: str | None, api_key_env: str, cache: Path, max_new_tokens: int = 2048):
     """(backend, is_local). A local judge is labelled as such in every report."""
-    from selfalign.judging.backends import LocalJudge, OpenAIJudge
+    from selfalign.judging.scorers import make_judge_backend
 
-    if base_url:
-        return OpenAIJudge(judge, base_url=base_url, api_key_env=api_key_env, cache_path=cache,
-                           max_tokens=max_new_tokens), False
-    return LocalJudge(judge, max_new_tokens=max_new_tokens), True
+    return make_judge_backend(judge, base_url, api_key_env, cache_path=cache, max_tokens=max_new_tokens), not base_url
 
 
 def _generate(engine, chats: list[list[dict]], settings: SamplingSettings) -> list[str]:
     prompts = [PromptRecord(id=str(i), messages=c) for i, c in enumerate(chats)]
     samples = engine.generate(prompts, settings)
-    by_prompt = defaultdict(list)
-    for s in samples:
-        by_prompt[s.prompt_id].append(s.text)
-    return [by_prompt[str(i)] for i in range(len(chats))]
+    by_prompt = group_by_prompt(samples)
+    return [[s.text for s in by_prompt[str(i)]] for i in range(len(chats))]
 
 
 def run_gsm8k(engine, model: str, out: Path, protocol: dict, data: Path | None, limit: int | None) -> dict:

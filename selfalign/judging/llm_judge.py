@@ -11,7 +11,7 @@ import itertools
 from collections import Counter, defaultdict
 
 from selfalign.judging.prompts import (pairwise_messages, parse_pair_verdict, parse_rating, pointwise_messages)
-from selfalign.records import Sample, ScoredSample
+from selfalign.records import Sample, ScoredSample, group_by_prompt
 
 
 def question_of(sample: Sample) -> str:
@@ -72,11 +72,8 @@ def combine_verdicts(a_first: str | None, a_second: str | None) -> tuple[float |
 def judge_pairwise(judge, samples: list[Sample], use_logprobs: bool = True,
                    stats: Counter | None = None) -> list[ScoredSample]:
     """Score each sample by its mean preference against every other sample of the same prompt (round robin)."""
-    by_prompt: dict[str, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        by_prompt[sample.prompt_id].append(sample)
     scored = []
-    for group in by_prompt.values():
+    for group in group_by_prompt(samples).values():
         index_pairs = list(itertools.combinations(range(len(group)), 2))
         prefs = pairwise_preferences(judge, question_of(group[0]), [(group[i].text, group[j].text)
                                                                      for i, j in index_pairs], use_logprobs, stats)

@@ -60,17 +60,20 @@ def pairwise_messages(question: str, answer_a: str, answer_b: str, letter_only: 
     return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": content}]
 
 
-_DOUBLE = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
-_SINGLE = re.compile(r"\[(\d+(?:\.\d+)?)\]")
+_DOUBLE = re.compile(r"\[\[(\d+\.?\d*)\]\]")  # FastChat's llm_judge patterns, as written there
+_SINGLE = re.compile(r"\[(\d+\.?\d*)\]")
+
+
+def find_rating(judgment: str) -> float | None:
+    """FastChat's rule: the first `[[rating]]`, else the first `[rating]`; None when neither is there."""
+    match = _DOUBLE.search(judgment) or _SINGLE.search(judgment)
+    return float(match.group(1)) if match else None
 
 
 def parse_rating(judgment: str) -> float | None:
-    """FastChat's rule: the first `[[rating]]`, else the first `[rating]`; outside 1-10 or absent -> None."""
-    match = _DOUBLE.search(judgment) or _SINGLE.search(judgment)
-    if not match:
-        return None
-    rating = float(match.group(1))
-    return rating if 1 <= rating <= 10 else None
+    """A 1-10 rating for scoring samples; outside 1-10 or absent -> None (an abstention, never a 0)."""
+    rating = find_rating(judgment)
+    return rating if rating is not None and 1 <= rating <= 10 else None
 
 
 def parse_pair_verdict(judgment: str) -> str | None:

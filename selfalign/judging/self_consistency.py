@@ -6,18 +6,13 @@ extractable answer casts no vote and gets no score, so it can never be chosen.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from selfalign.judging.answers import count_votes, extract_answer
-from selfalign.records import Sample, ScoredSample
+from selfalign.records import Sample, ScoredSample, group_by_prompt
 
 
 def score_self_consistency(samples: list[Sample]) -> list[ScoredSample]:
-    by_prompt: dict[str, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        by_prompt[sample.prompt_id].append(sample)
     scored = []
-    for group in by_prompt.values():
+    for group in group_by_prompt(samples).values():
         grouped, votes = count_votes([extract_answer(s.text) for s in group])
         for sample, answer in zip(group, grouped):
             vote_count = votes[answer] if answer is not None else 0

@@ -14,10 +14,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from selfalign.io import write_json, write_jsonl
-from selfalign.records import Sample, ScoredSample
-
-SCORERS = ("self-consistency", "llm-judge", "reward-model")
-
+from selfalign.records import Sample, ScoredSample, group_by_prompt
 
 def _read_partial(path: Path) -> dict[str, list[ScoredSample]]:
     done: dict[str, list[ScoredSample]] = defaultdict(list)
@@ -37,9 +34,7 @@ def score_file(samples: list[Sample], score_group: Callable[[list[Sample]], list
     """Apply `score_group` to chunks of whole prompt groups, checkpointing each chunk."""
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    groups: dict[str, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        groups[sample.prompt_id].append(sample)
+    groups = group_by_prompt(samples)
     done = _read_partial(partial)
     todo = [pid for pid in groups if pid not in done]
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -47,9 +42,7 @@ def score_file(samples: list[Sample], score_group: Callable[[list[Sample]], list
                                                          desc="judge", disable=not progress) as bar:
         for start in range(0, len(todo), chunk_prompts):
             chunk = [s for pid in todo[start:start + chunk_prompts] for s in groups[pid]]
-            scored_by_prompt: dict[str, list[ScoredSample]] = defaultdict(list)
-            for s in score_group(chunk):
-                scored_by_prompt[s.prompt_id].append(s)
+            scored_by_prompt = group_by_prompt(score_group(chunk))
             for pid, scored in scored_by_prompt.items():
                 f.write(json.dumps({"prompt_id": pid, "samples": [s.model_dump(mode="json") for s in scored]}) + "\n")
                 done[pid] = scored

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-LOSS_TYPES = ("dpo", "cdpo", "ipo", "ln_dpo", "rpo", "simpo", "scpo", "lipo", "srpo")
-LossType = Literal["dpo", "cdpo", "ipo", "ln_dpo", "rpo", "simpo", "scpo", "lipo", "srpo"]
+from selfalign.losses import LOSSES
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("default", description="the policy to train; also the reference (the previous iterate)")
-    loss_type: LossType = "dpo"
-    beta: float = Field(0.1, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's ε (loss_type cdpo)")
+    loss_type: str = Field("dpo", description="a name in selfalign.losses.LOSSES")
+    beta: float = Field(0.1, gt=0, description="unset: the loss's own default (0.1; 2.0 for simpo and ln_dpo)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's ε (loss_type cdpo; unset: 0.1)")
     alpha: float = Field(1.0, ge=0, description="NLL weight for rpo/scpo; self-vs-generative mix for srpo")
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target margin γ")
     lipo_lambda_weights: bool = Field(True, description="LiPO-λ's Δ weights (False: every ordered pair weighs 1)")
@@ -52,3 +51,20 @@ class TrainConfig(BaseModel):
     save_total_limit: int = 2
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     record_rank_checksums: bool = Field(False, description="each rank writes a checksum of its weights (tests)")
+
+    @field_validator("loss_type")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in LOSSES:
+            raise ValueError(f"unknown loss_type {value!r}: choose one of {', '.join(LOSSES)}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_defaults(cls, values: Any) -> Any:
+        """Fields the user left unset take the chosen loss's own defaults (SimPO's β is 2.0, not DPO's 0.1)."""
+        if isinstance(values, dict) and values.get("loss_type", "dpo") in LOSSES:
+            defaults = LOSSES[values.get("loss_type", "dpo")].defaults
+            values = {**{k: v for k, v in defaults.items() if values.get(k) is None}, **{k: v for k, v in
+                                                                                       values.items() if v is not None}}
+        return values

@@ -7,32 +7,62 @@ log-probs through `completion_mask`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from selfalign.io import read_jsonl
+from selfalign.datasets_io import read_records
+from selfalign.losses import LOSSES
 from selfalign.records import Message, PreferencePair, RankedList
 from selfalign.revision import revision_messages
 
-SRPO_ORDER = ("w", "l", "w|l", "l|l", "w|w", "l|w")  # r(a) and r(a|b) in the order srpo_loss takes them (shuffled)
+def _pair_sequences(record: PreferencePair) -> list[tuple[list[Message], list[Message]]]:
+    return [(record.prompt, record.chosen), (record.prompt, record.rejected)]
 
 
-def read_preferences(path: str | Path, loss_type: str) -> list[PreferencePair | RankedList]:
-    return read_jsonl(path, RankedList if loss_type == "lipo" else PreferencePair)
+def _srpo_sequences(record: PreferencePair) -> list[tuple[list[Message], list[Message]]]:
+    """The two answers after the plain prompt, then after the revision prompt built from each answer."""
+    after_rejected = revision_messages(record.prompt, record.rejected[-1].content)
+    after_chosen = revision_messages(record.prompt, record.chosen[-1].content)
+    return [(record.prompt, record.chosen), (record.prompt, record.rejected),
+            (after_rejected, record.chosen), (after_rejected, record.rejected),
+            (after_chosen, record.chosen), (after_chosen, record.rejected)]
+
+
+def _list_sequences(record: RankedList) -> list[tuple[list[Message], list[Message]]]:
+    return [(record.prompt, completion) for completion in record.completions]
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """What one training record is, how it becomes sequences, and the names of those sequences' columns (the
+    names losses ask for, see selfalign.losses); `columns` None means a ranked list of any length."""
+    record_type: type
+    sequences: Callable
+    columns: tuple[str, ...] | None
+
+
+RECORD_KINDS = {
+    "pair": RecordKind(PreferencePair, _pair_sequences, ("chosen", "rejected")),
+    # SRPO's r(a) and r(a|b): w = chosen, l = rejected, "w_given_l" = w after the revision prompt built from l.
+    "srpo": RecordKind(PreferencePair, _srpo_sequences, ("w", "l", "w_given_l", "l_given_l", "w_given_w", "l_given_w")),
+    "list": RecordKind(RankedList, _list_sequences, None),
+}
+
+
+def record_kind(loss_type: str) -> RecordKind:
+    return RECORD_KINDS[LOSSES[loss_type].records]
+
+
+def read_preferences(source: str | Path, loss_type: str, split: str = "train") -> list[PreferencePair | RankedList]:
+    """Preference records from a JSONL or Parquet file or a hub dataset, in TRL's standard or conversational form."""
+    return read_records(source, record_kind(loss_type).record_type, split=split)
 
 
 def sequences_of(record, loss_type: str) -> list[tuple[list[Message], list[Message]]]:
-    if isinstance(record, RankedList):
-        return [(record.prompt, completion) for completion in record.completions]
-    if loss_type == "srpo":
-        chosen_text, rejected_text = record.chosen[-1].content, record.rejected[-1].content
-        after_rejected = revision_messages(record.prompt, rejected_text)
-        after_chosen = revision_messages(record.prompt, chosen_text)
-        return [(record.prompt, record.chosen), (record.prompt, record.rejected),
-                (after_rejected, record.chosen), (after_rejected, record.rejected),
-                (after_chosen, record.chosen), (after_chosen, record.rejected)]
-    return [(record.prompt, record.chosen), (record.prompt, record.rejected)]
+    return record_kind(loss_type).sequences(record)
 
 
 def tokenize_pair(tokenizer, prompt: list[Message], completion: list[Message], max_length: int,

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from selfalign.io import write_json
+from selfalign.losses import LOSSES
 from selfalign.training.config import TrainConfig
 from selfalign.training.data import collate, read_preferences, sequence_logps, tokenize_records
 from selfalign.training.objective import preference_loss
 
 log = logging.getLogger(__name__)
-REFERENCE_FREE = {"simpo"}
 
 
 def make_accelerator(cfg: TrainConfig, out_dir: Path):
@@ -171,7 +171,7 @@ def _weights_checksum(model) -> str:
     return digest.hexdigest()
 
 
-def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict:
+def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: str = "train") -> dict:
     from transformers import get_scheduler
 
     from selfalign.models import load_tokenizer
@@ -185,7 +185,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict
 
     # Data: every preference record becomes a group of sequences for one forward.
     tokenizer = load_tokenizer(cfg.model)
-    records = read_preferences(pairs_path, cfg.loss_type)
+    records = read_preferences(pairs_path, cfg.loss_type, split)
     if not records:
         raise ValueError(f"{pairs_path}: no preference records to train on")
     examples = tokenize_records(tokenizer, records, cfg.loss_type, cfg.max_length, cfg.max_prompt_length)
@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict
     # Prepared before any forward: under ZeRO-3 the parameters are partitioned from loading on.
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ref_model, ref_cache = None, None
-    if cfg.loss_type not in REFERENCE_FREE:
+    if LOSSES[cfg.loss_type].needs_reference:
         if cfg.precompute_ref_log_probs:
             ref_cache = reference_logps(model, accelerator.unwrap_model(model), examples, cfg, tokenizer.pad_token_id,
                                         accelerator.device)
@@ -287,7 +287,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path) -> dict
 
 
 def _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group):
-    if cfg.loss_type in REFERENCE_FREE:
+    if not LOSSES[cfg.loss_type].needs_reference:
         return None
     if ref_cache is not None:
         return torch.stack([ref_cache[int(i)] for i in batch["index"]]).to(accelerator.device)

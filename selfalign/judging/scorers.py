@@ -1,0 +1,61 @@
+"""The judge stage's settings and the one place that turns them into a scorer: `selfalign judge`, the loop's judge
+step and `selfalign eval` all build their scorers and judge backends here."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfalign.records import Sample, ScoredSample
+
+ScoreGroup = Callable[[list[Sample]], list[ScoredSample]]
+
+
+class JudgeConfig(BaseModel):
+    """How samples are scored: a recipe's `judge:` step, or `selfalign judge --config`."""
+
+    model_config = ConfigDict(extra="forbid")
+    scorer: Literal["self-consistency", "llm-judge", "reward-model"] = "self-consistency"
+    mode: Literal["pointwise", "pairwise"] = Field("pairwise", description="llm-judge: 1-10 ratings or round robin")
+    judge_model: str = Field("policy", description="'policy' (the model being trained: self-rewarding; outside "
+                             "`selfalign run`, the default model), a model name or folder, or an endpoint's model")
+    judge_base_url: str | None = Field(None, description="an OpenAI-compatible endpoint (.../v1)")
+    judge_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
+    use_logprobs: bool = Field(True, description="pairwise: read preferences from answer-letter probabilities")
+    concurrency: int = Field(8, ge=1, description="endpoint requests in flight")
+
+
+def make_judge_backend(model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                       concurrency: int = 8, cache_path: Path | None = None, max_tokens: int | None = None):
+    """An OpenAI-compatible endpoint when `base_url` is given, else a local transformers model."""
+    from selfalign.judging.backends import LocalJudge, OpenAIJudge
+
+    limit = {} if max_tokens is None else {"max_tokens": max_tokens}
+    if base_url:
+        return OpenAIJudge(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                           cache_path=cache_path, **limit)
+    return LocalJudge(model, **({} if max_tokens is None else {"max_new_tokens": max_tokens}))
+
+
+def make_scorer(config: JudgeConfig, cache_path: Path | None = None) -> tuple[ScoreGroup, Counter]:
+    """(score_group, stats): a function that scores whole prompt groups, and the counter it reports into."""
+    stats: Counter = Counter()
+    judge_model = "default" if config.judge_model == "policy" else config.judge_model
+    if config.scorer == "self-consistency":
+        from selfalign.judging.self_consistency import score_self_consistency
+
+        return score_self_consistency, stats
+    if config.scorer == "reward-model":
+        from selfalign.judging.reward_model import RewardModelScorer
+
+        return RewardModelScorer(judge_model).score, stats
+    from selfalign.judging.llm_judge import judge_pairwise, judge_pointwise
+
+    backend = make_judge_backend(judge_model, config.judge_base_url, config.judge_api_key_env, config.concurrency,
+                                 cache_path)
+    if config.mode == "pointwise":
+        return (lambda group: judge_pointwise(backend, group, stats=stats)), stats
+    return (lambda group: judge_pairwise(backend, group, config.use_logprobs, stats=stats)), stats
