@@ -25,7 +25,7 @@ class _Commands(TyperGroup):
         except SelfAlignError as e:
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
 
@@ -186,6 +186,7 @@ def train(
     gradient_accumulation_steps: Optional[int] = None,
     use_peft: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA adapter or full finetuning"),
     set_: list[str] = typer.Option([], "--set", help="any other TrainConfig field, key=value (repeatable)"),
+    force: bool = typer.Option(False, help="OUT holds another run (other data or settings): discard it and start over"),
 ) -> None:
     """Train the policy on preference data with a DPO-family, ScPO, LiPO-λ or SRPO loss. Resumes after a kill."""
     from selfalign.training.config import TrainConfig
@@ -196,7 +197,7 @@ def train(
                "per_device_train_batch_size": per_device_train_batch_size,
                "gradient_accumulation_steps": gradient_accumulation_steps, "use_peft": use_peft}
     cfg = load_config(TrainConfig, config, options, parse_set_options(set_))
-    summary = run_training(cfg, pairs, out, split=split)
+    summary = run_training(cfg, pairs, out, split=split, force=force)
     console.print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s on {summary['world_size']} "
                   f"process(es) -> {summary['output']}")
 

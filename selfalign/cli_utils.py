@@ -24,7 +24,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def fail(message: str) -> None:
     """Print a clear error and exit with status 2 (nothing is written by a failed command)."""
-    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

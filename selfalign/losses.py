@@ -197,7 +197,8 @@ LOSSES: dict[str, LossSpec] = {
                      summary="ScPO (vote-margin weighted DPO + NLL)"),
     "lipo": LossSpec(lipo_lambda_loss, "list", options={"beta": "beta", "lambda_weights": "lipo_lambda_weights"},
                      summary="LiPO-λ (listwise)"),
-    "srpo": LossSpec(srpo_loss, "srpo", options={"beta": "beta", "alpha": "alpha"}, summary="SRPO (self-revision)"),
+    "srpo": LossSpec(srpo_loss, "srpo", options={"beta": "beta", "alpha": "alpha"},
+                     defaults={"beta": 0.1, "alpha": 0.8}, summary="SRPO (self-revision)"),
 }
 
 

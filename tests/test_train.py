@@ -1,6 +1,7 @@
 """Real training runs: the default model learns its pairs; every loss trains; resume and multi-process runs agree."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,9 +13,10 @@ import pytest
 import torch
 
 from selfalign.io import write_jsonl
+from selfalign.losses import LOSSES
 from selfalign.records import Message, PreferencePair, RankedList
 from selfalign.training.config import TrainConfig
-from selfalign.training.trainer import train
+from selfalign.training.trainer import TrainingError, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,14 +86,71 @@ def test_short_run_on_default_model_learns_its_pairs(tmp_path, pairs_file):
     assert (tmp_path / "run" / "logs").exists(), "TensorBoard logs"
 
 
-@pytest.mark.parametrize("loss_type", ["dpo", "cdpo", "ipo", "ln_dpo", "rpo", "simpo", "scpo", "srpo", "lipo"])
-def test_every_loss_trains(tmp_path, pairs_file, lists_file, tiny_model_path, loss_type):
-    cfg = TrainConfig(model=tiny_model_path, loss_type=loss_type, label_smoothing=0.1, learning_rate=1e-3,
-                      max_steps=3, per_device_train_batch_size=2, use_peft=False, report_to=[])
-    summary = train(cfg, lists_file if loss_type == "lipo" else pairs_file, tmp_path / loss_type)
-    final = summary["final_metrics"]
-    assert summary["steps"] == 3 and torch.isfinite(torch.tensor(final["loss"]))
-    assert 0.0 <= final["ranking_accuracy"] <= 1.0
+
+def _initial_sequence_logps(model_path, records, loss_type):
+    """(logps, lengths), (B, S), of the untrained model: the hand computation's only input from the model."""
+    from transformers import AutoModelForCausalLM
+
+    from selfalign.models import load_tokenizer
+    from selfalign.training.data import collate, sequence_logps, tokenize_records
+
+    tokenizer = load_tokenizer(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    batch = collate(tokenize_records(tokenizer, records, loss_type, 1024, 512), tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    return logps.view(len(records), -1).double(), lengths.view(len(records), -1).double()
+
+
+def _step1_worked_value(loss_type, cfg, model_path, pairs, lists):
+    """Step 1 of a run: policy == reference, so every log-ratio is 0; what is left is worked out here by hand."""
+    ln2 = math.log(2)
+    if loss_type in ("dpo", "cdpo", "ln_dpo"):
+        return ln2  # -(1-ε) log σ(0) - ε log σ(0)
+    if loss_type == "ipo":
+        return (0 - 1 / (2 * cfg.beta)) ** 2
+    if loss_type == "srpo":
+        return cfg.alpha * (0.25 + 0.25) + (1 - cfg.alpha) * 1.0
+    if loss_type == "lipo":  # Δ = 1 for every better-worse pair: lists of 2 have 1 pair, lists of 3 have 3
+        return sum(ln2 * (1 if len(r.completions) == 2 else 3) for r in lists) / len(lists)
+    if loss_type == "hinge":
+        return 1.0  # max(0, 1 - β·0)
+    logps, lengths = _initial_sequence_logps(model_path, pairs, "dpo")
+    chosen_avg, rejected_avg = logps[:, 0] / lengths[:, 0], logps[:, 1] / lengths[:, 1]
+    if loss_type == "rpo":
+        return float((ln2 - cfg.alpha * chosen_avg).mean())
+    if loss_type == "scpo":
+        w = torch.tensor([p.weight for p in pairs], dtype=torch.float64)
+        return float((w * ln2 - cfg.alpha * w * chosen_avg).mean())
+    if loss_type == "simpo":
+        z = cfg.beta * chosen_avg - cfg.beta * rejected_avg - cfg.simpo_gamma
+        return float(torch.nn.functional.softplus(-z).mean())
+    raise AssertionError(f"no worked step-1 value for {loss_type}")
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSSES))
+def test_every_loss_trains_from_its_worked_step1_value(tmp_path, pairs_file, lists_file, tiny_model_path, loss_type):
+    """All records in one batch, so step 1 sees all of them; full finetuning, so the weights must move."""
+    from safetensors.torch import load_file
+
+    from selfalign.training.data import read_preferences
+
+    data = lists_file if LOSSES[loss_type].records == "list" else pairs_file
+    records = read_preferences(data, loss_type)
+    cfg = TrainConfig(model=tiny_model_path, loss_type=loss_type, learning_rate=1e-3, max_steps=2,
+                      per_device_train_batch_size=len(records), use_peft=False, report_to=[],
+                      lipo_lambda_weights=False)
+    summary = train(cfg, data, tmp_path / loss_type)
+    steps = [json.loads(line) for line in (tmp_path / loss_type / "metrics.jsonl").read_text().splitlines()]
+    pairs = read_preferences(pairs_file, "dpo")
+    lists = read_preferences(lists_file, "lipo")
+    assert steps[0]["loss"] == pytest.approx(_step1_worked_value(loss_type, cfg, tiny_model_path, pairs, lists),
+                                             rel=1e-4, abs=1e-5)
+    assert summary["steps"] == 2 and steps[1]["loss"] != steps[0]["loss"]
+    before = load_file(Path(tiny_model_path) / "model.safetensors")
+    after = load_file(Path(summary["output"]) / "model.safetensors")
+    moved = [name for name in before if name in after and not torch.equal(before[name], after[name])]
+    assert len(moved) >= len(before) // 2, f"only {len(moved)} of {len(before)} tensors changed"
 
 
 def test_live_reference_equals_precomputed(tmp_path, pairs_file, tiny_model_path):
@@ -130,7 +189,7 @@ def test_qlora_on_cpu_is_a_clear_error(tmp_path, pairs_file, tiny_model_path):
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU error")
     cfg = TrainConfig(model=tiny_model_path, load_in_4bit=True, max_steps=1, report_to=[])
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+    with pytest.raises(TrainingError, match="needs a CUDA GPU"):
         train(cfg, pairs_file, tmp_path / "q")
 
 
@@ -148,6 +207,48 @@ def test_bad_config_names_the_field(tmp_path, pairs_file):
     result = CliRunner().invoke(app, ["train", "--pairs", str(pairs_file), "--out", str(tmp_path / "o"),
                                       "--config", str(config)])
     assert result.exit_code == 2 and "loss_typo" in result.output
+
+
+def test_one_override_path_for_training_options(tmp_path, pairs_file):
+    from typer.testing import CliRunner
+
+    from selfalign.cli import app
+
+    def run(*args):
+        return CliRunner().invoke(app, ["train", "--pairs", str(pairs_file), "--out", str(tmp_path / "o"), *args])
+
+    both = run("--beta", "0.2", "--set", "beta=0.3")
+    assert both.exit_code == 2 and "--beta and --set beta=... both given: use one" in both.output
+    bad_yaml = run("--set", "beta=[1")
+    assert bad_yaml.exit_code == 2 and "--set beta: value '[1' is not valid YAML" in bad_yaml.output
+    config = tmp_path / "list.yaml"
+    config.write_text("- beta\n- 0.1\n")
+    not_mapping = run("--config", str(config))
+    assert not_mapping.exit_code == 2 and "list.yaml: expected a mapping of fields, got list" in not_mapping.output
+    unknown = run("--set", "betta=0.1")
+    assert unknown.exit_code == 2 and "--set betta 0.1: Extra inputs are not permitted" in unknown.output
+    assert "Traceback" not in both.output + bad_yaml.output + not_mapping.output + unknown.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_folder_of_another_run_is_refused_not_resumed(tmp_path, pairs_file, tiny_model_path):
+    """A second run into the same --out with another loss must not continue the first run's checkpoint."""
+    base = dict(model=tiny_model_path, learning_rate=1e-3, max_steps=2, per_device_train_batch_size=4,
+                use_peft=False, report_to=[], save_steps=1)
+    out = tmp_path / "run"
+    train(TrainConfig(loss_type="dpo", **base), pairs_file, out)
+    metrics_before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(TrainingError, match=r"holds a run with other settings \(loss_type: 'dpo' there, 'ipo' now"):
+        train(TrainConfig(loss_type="ipo", **base), pairs_file, out)
+    other_pairs = tmp_path / "other.jsonl"
+    write_jsonl(other_pairs, _pairs(4))
+    with pytest.raises(TrainingError, match="holds a run on other data"):
+        train(TrainConfig(loss_type="dpo", **base), other_pairs, out)
+    assert (out / "metrics.jsonl").read_text() == metrics_before, "a refused run must not touch the folder"
+    summary = train(TrainConfig(loss_type="ipo", **base), pairs_file, out, force=True)
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 2 and [m["step"] for m in steps] == [1, 2]
+    assert steps[0]["loss"] == pytest.approx(25.0, rel=1e-4), "IPO from the start, not DPO's checkpoint"
 
 
 def _train_cmd(pairs, out, model, *extra):

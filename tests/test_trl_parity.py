@@ -1,9 +1,10 @@
-"""Our DPO, IPO and LN-DPO against TRL's DPOTrainer on the same batch, policy and (different) reference model."""
+"""Our losses against TRL's: DPO, IPO, LN-DPO, cDPO and RPO through TRL's DPOTrainer on the same batch, policy and
+(different) reference model; SimPO against TRL's CPOTrainer loss on the same log-probs."""
 
 import pytest
 import torch
 
-from selfalign.losses import dpo_loss, ipo_loss, ln_dpo_loss
+from selfalign.losses import dpo_loss, ipo_loss, ln_dpo_loss, rpo_loss, simpo_loss
 from selfalign.records import PreferencePair
 from selfalign.training.data import sequence_logps, tokenize_pair
 
@@ -20,7 +21,7 @@ ROWS = [
 ]
 
 
-def _trl_batch_and_loss(tiny_model_path, tmp_path, trl_loss_type, beta):
+def _trl_batch_and_loss(tiny_model_path, tmp_path, trl_loss_type, beta, rows=ROWS, **trl_config):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -32,9 +33,10 @@ def _trl_batch_and_loss(tiny_model_path, tmp_path, trl_loss_type, beta):
     with torch.no_grad():  # a reference unlike the policy, so the log-ratios are not all zero
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(ROWS), loss_type=[trl_loss_type],
-                     beta=beta, report_to=[], max_length=256, use_cpu=True)
-    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(ROWS),
+    loss_types = trl_loss_type if isinstance(trl_loss_type, list) else [trl_loss_type]
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(rows), loss_type=loss_types,
+                     beta=beta, report_to=[], max_length=256, use_cpu=True, **trl_config)
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.eval()
@@ -76,3 +78,54 @@ def test_our_tokenization_matches_trl(tiny_model_path, tmp_path):
         for completion in (pair.chosen, pair.rejected):
             prompt_ids, completion_ids = tokenize_pair(tokenizer, pair.prompt, completion, 256, 256)
             assert (prompt_ids + completion_ids, completion_ids) in trl_rows
+
+
+def _our_logps(policy, ref, batch):
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    with torch.no_grad():
+        logps, lengths = sequence_logps(policy, *inputs)
+        ref_logps, _ = sequence_logps(ref, *inputs)
+    return (*logps.chunk(2), *ref_logps.chunk(2), *lengths.chunk(2))
+
+
+@pytest.mark.parametrize("row", range(len(ROWS)))
+def test_cdpo_parity_with_trl(tiny_model_path, tmp_path, row):
+    """TRL 1.x keeps cDPO's smoothed sigmoid inside its "aot" loss, which sorts log-ratios over the batch: on a
+    one-row batch the sort is the identity and "aot" is exactly -(1-ε) log σ(βh) - ε log σ(-βh)."""
+    batch, trl_loss, policy, ref, _ = _trl_batch_and_loss(tiny_model_path, tmp_path, "aot", 0.1, rows=[ROWS[row]],
+                                                          label_smoothing=0.2)
+    pc, pr, rc, rr, _, _ = _our_logps(policy, ref, batch)
+    losses, _, _ = dpo_loss(pc, pr, rc, rr, 0.1, label_smoothing=0.2)
+    assert float(losses.mean()) == pytest.approx(trl_loss, rel=1e-4, abs=1e-6)
+    plain, _, _ = dpo_loss(pc, pr, rc, rr, 0.1)
+    assert abs(float(plain.mean()) - trl_loss) > 1e-4, "ε must matter for the check to mean anything"
+
+
+@pytest.mark.parametrize("row", range(len(ROWS)))
+def test_rpo_parity_with_trl(tiny_model_path, tmp_path, row):
+    """TRL 1.x writes RPO as loss_type [sigmoid, sft] weighted [1, α]; its sft term is a token mean over the batch,
+    which on a one-row batch is our per-sequence -log π(y+|x)/|y+|."""
+    alpha = 0.7
+    batch, trl_loss, policy, ref, _ = _trl_batch_and_loss(tiny_model_path, tmp_path, ["sigmoid", "sft"], 0.1,
+                                                          rows=[ROWS[row]], loss_weights=[1.0, alpha])
+    pc, pr, rc, rr, lc, _ = _our_logps(policy, ref, batch)
+    losses, _, _ = rpo_loss(pc, pr, rc, rr, lc, beta=0.1, alpha=alpha)
+    assert float(losses.mean()) == pytest.approx(trl_loss, rel=1e-4, abs=1e-6)
+
+
+def test_simpo_parity_with_trl_cpo_loss(tiny_model_path, tmp_path):
+    """TRL has SimPO in CPOTrainer (loss_type "simpo"), which takes length-averaged log-probs: its loss function on
+    our batch's averages equals ours on the sums and lengths."""
+    from types import SimpleNamespace
+
+    from trl.experimental.cpo import CPOTrainer
+
+    batch, _, policy, ref, _ = _trl_batch_and_loss(tiny_model_path, tmp_path, "sigmoid", 0.1)
+    pc, pr, _, _, lc, lr = _our_logps(policy, ref, batch)
+    beta, gamma = 2.5, 0.7
+    trl_self = SimpleNamespace(alpha=0.0, loss_type="simpo", beta=beta, simpo_gamma=gamma, label_smoothing=0.0,
+                               accelerator=SimpleNamespace(device=pc.device))
+    trl_losses, trl_chosen, _ = CPOTrainer.cpo_loss(trl_self, pc / lc, pr / lr)
+    ours, chosen, _ = simpo_loss(pc, pr, lc, lr, beta=beta, gamma=gamma)
+    torch.testing.assert_close(ours, trl_losses, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(chosen, trl_chosen, rtol=1e-6, atol=1e-7)

@@ -16,7 +16,7 @@ class TrainConfig(BaseModel):
     loss_type: str = Field("dpo", description="a name in selfalign.losses.LOSSES")
     beta: float = Field(0.1, gt=0, description="unset: the loss's own default (0.1; 2.0 for simpo and ln_dpo)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's ε (loss_type cdpo; unset: 0.1)")
-    alpha: float = Field(1.0, ge=0, description="NLL weight for rpo/scpo; self-vs-generative mix for srpo")
+    alpha: float = Field(1.0, ge=0, description="NLL weight for rpo/scpo; self-vs-generative mix for srpo (unset: 0.8)")
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target margin γ")
     lipo_lambda_weights: bool = Field(True, description="LiPO-λ's Δ weights (False: every ordered pair weighs 1)")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from selfalign.errors import SelfAlignError
 from selfalign.io import write_json
 from selfalign.losses import LOSSES
 from selfalign.training.config import TrainConfig
@@ -29,6 +30,10 @@ from selfalign.training.data import collate, read_preferences, sequence_logps, t
 from selfalign.training.objective import preference_loss
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(SelfAlignError, ValueError):
+    """Training cannot start: no data, too little data for a batch, or an output folder from another run."""
 
 
 def make_accelerator(cfg: TrainConfig, out_dir: Path):
@@ -72,7 +77,7 @@ def load_policy(cfg: TrainConfig, device: torch.device):
     kwargs = {"dtype": pick_dtype(device.type, cfg.dtype), "use_safetensors": True}
     if cfg.load_in_4bit:
         if not torch.cuda.is_available():
-            raise RuntimeError("load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes 4-bit kernels do not run on CPU. "
+            raise TrainingError("load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes 4-bit kernels do not run on CPU. "
                                "Use LoRA (use_peft: true, load_in_4bit: false) on CPU.")
         from transformers import BitsAndBytesConfig
 
@@ -171,28 +176,72 @@ def _weights_checksum(model) -> str:
     return digest.hexdigest()
 
 
-def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: str = "train") -> dict:
+# Fields that change only how a run is logged or saved: a resumed run may change them.
+_BOOKKEEPING = {"report_to", "logging_steps", "save_steps", "save_total_limit", "record_rank_checksums"}
+
+
+def run_fingerprint(cfg: TrainConfig, records) -> dict:
+    """What a checkpoint in OUT depends on: the configuration and a hash of the training records."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(record.model_dump_json().encode())
+    return {"config": cfg.model_dump(exclude=_BOOKKEEPING), "data_sha256": digest.hexdigest(), "records": len(records)}
+
+
+def check_output_folder(out_dir: Path, fingerprint: dict, force: bool) -> list[Path]:
+    """Resume only a run of the same configuration and data. Returns what another run left that `force` discards
+    (the caller deletes it on the main process); reads only, so every rank raises alike."""
+    saved_path = out_dir / "fingerprint.json"
+    left = [p for p in (out_dir / "checkpoints", out_dir / "final", out_dir / "metrics.jsonl") if p.exists()]
+    if not left:
+        return []
+    saved = json.loads(saved_path.read_text()) if saved_path.exists() else None
+    if saved == fingerprint:
+        return []
+    if not force:
+        if saved is None:
+            what = "training output with no fingerprint (from an older version or another tool)"
+        elif saved["data_sha256"] != fingerprint["data_sha256"]:
+            what = f"a run on other data ({saved['records']} records, not these {fingerprint['records']})"
+        else:
+            changed = sorted(k for k in fingerprint["config"] if saved["config"].get(k) != fingerprint["config"][k])
+            what = "a run with other settings (" + ", ".join(
+                f"{k}: {saved['config'].get(k)!r} there, {fingerprint['config'][k]!r} now" for k in changed[:3]) + ")"
+        raise TrainingError(f"{out_dir} holds {what}; it would resume from there. Use a new --out, or --force to "
+                            "discard it and start over")
+    return left
+
+
+def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: str = "train",
+          force: bool = False) -> dict:
     from transformers import get_scheduler
 
     from selfalign.models import load_tokenizer
 
+    # Data first: bad or empty input fails here, before anything is written.
     out_dir = Path(out_dir)
-    accelerator = make_accelerator(cfg, out_dir)
-    torch.manual_seed(cfg.seed)
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "train_config.json", cfg.model_dump())
-
-    # Data: every preference record becomes a group of sequences for one forward.
-    tokenizer = load_tokenizer(cfg.model)
     records = read_preferences(pairs_path, cfg.loss_type, split)
     if not records:
-        raise ValueError(f"{pairs_path}: no preference records to train on")
+        raise TrainingError(f"{pairs_path}: no preference records to train on")
+    fingerprint = run_fingerprint(cfg, records)
+    accelerator = make_accelerator(cfg, out_dir)
+    torch.manual_seed(cfg.seed)
+    discard = check_output_folder(out_dir, fingerprint, force)
+    if accelerator.is_main_process:
+        for path in discard:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "train_config.json", cfg.model_dump())
+        write_json(out_dir / "fingerprint.json", fingerprint)
+    accelerator.wait_for_everyone()
+
+    # Every preference record becomes a group of sequences for one forward.
+    tokenizer = load_tokenizer(cfg.model)
     examples = tokenize_records(tokenizer, records, cfg.loss_type, cfg.max_length, cfg.max_prompt_length)
     rank, world = accelerator.process_index, accelerator.num_processes
     batches_per_epoch = len(_batches(examples, cfg, 0, rank, world))
     if batches_per_epoch == 0:
-        raise ValueError(f"{len(examples)} records are fewer than one global batch "
+        raise TrainingError(f"{len(examples)} records are fewer than one global batch "
                          f"({cfg.per_device_train_batch_size} x {world} processes)")
     steps_per_epoch = max(1, batches_per_epoch // cfg.gradient_accumulation_steps)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
@@ -212,7 +261,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
                                         accelerator.device)
         elif not hasattr(accelerator.unwrap_model(model), "disable_adapter"):
             if accelerator.state.deepspeed_plugin is not None:
-                raise ValueError("a live reference with full finetuning is not supported under DeepSpeed: set "
+                raise TrainingError("a live reference with full finetuning is not supported under DeepSpeed: set "
                                  "precompute_ref_log_probs: true")
             ref_model = load_policy(cfg.model_copy(update={"use_peft": False, "gradient_checkpointing": False}),
                                     accelerator.device).to(accelerator.device).eval().requires_grad_(False)
