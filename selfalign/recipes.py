@@ -97,13 +97,31 @@ def _field_error(path: Path, error: ValidationError) -> RecipeError:
 
 
 def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
-    """Fail before any work: missing prompt files, models and accelerate configs."""
+    """Fail before any work: missing, empty or malformed prompt files, missing models and accelerate configs."""
+    from selfalign.io import DataFileError, read_jsonl
     from selfalign.models import resolve_model
+    from selfalign.records import PromptRecord, prompt_id_of
 
     for label, value in (("prompts", recipe.prompts), ("eval.data", recipe.eval.data if recipe.eval else None),
                          ("accelerate_config", recipe.accelerate_config)):
         if value and not Path(value).exists():
             raise RecipeError(f"{recipe_path}: field '{label}': file not found: {value}")
+    for label, value in (("prompts", recipe.prompts), ("eval.data", recipe.eval.data if recipe.eval else None)):
+        if not value:
+            continue
+        try:
+            prompts = read_jsonl(value, PromptRecord)
+        except DataFileError as e:
+            raise RecipeError(f"{recipe_path}: field '{label}': {e}") from None
+        if not prompts:
+            raise RecipeError(f"{recipe_path}: field '{label}': {value} holds no prompts")
+        ids = [prompt_id_of(p, i) for i, p in enumerate(prompts)]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise RecipeError(f"{recipe_path}: field '{label}': prompt id {duplicate!r} appears more than once in "
+                              f"{value}")
+        if label == "eval.data" and not any(p.answer is not None for p in prompts):
+            raise RecipeError(f"{recipe_path}: field 'eval.data': {value} has no prompt with an 'answer'")
     for label, name in (("model", recipe.model),
                         ("judge.judge_model", None if recipe.judge.judge_model == "policy" or recipe.judge.judge_base_url
                          or recipe.judge.scorer == "self-consistency" else recipe.judge.judge_model)):

@@ -91,10 +91,23 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     ({"train": {"beta": 0.1, "lr": 1}}, "field 'train.lr'"),
     ({"model": "/nonexistent/model/folder"}, "field 'model'.*not found"),
     ({"prompts": "/nonexistent/prompts.jsonl"}, "field 'prompts': file not found"),
+    ({"pairs": {"mode": "scpo", "vote_threshold": 5}}, "field 'pairs.vote_threshold': 5 votes can never be reached"),
+    ({"train": {"loss_type": "lipo"}}, "field 'train.loss_type': 'lipo' trains on list records, but pairs.mode 'scpo'"),
+    ({"train": {"model": "default"}}, "field 'train.model': set the policy with the recipe's top-level 'model'"),
+    ({"generation": {"n": 1}}, "field 'generation.n': the loop needs at least 2 samples"),
+    ({"judge": {"scorer": "llm-judge", "concurrency": 0}}, "field 'judge.concurrency'"),
+    ("empty-prompts", "field 'prompts': .*holds no prompts"),
+    ("duplicate-ids", "field 'prompts': prompt id 'a' appears more than once"),
+    ("bad-prompt-line", "field 'prompts': .*line 2: not valid JSON"),
 ])
 def test_bad_recipes_fail_before_any_work(tmp_path, change, expected):
     import re
 
+    if isinstance(change, str):  # a bad prompts file rather than a bad field
+        lines = {"empty-prompts": "", "duplicate-ids": '{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n',
+                 "bad-prompt-line": '{"prompt": "x"}\n{"prompt": \n'}[change]
+        (tmp_path / "bad_prompts.jsonl").write_text(lines)
+        change = {"prompts": str(tmp_path / "bad_prompts.jsonl")}
     recipe = _recipe(tmp_path, **change)
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run_dir)])
@@ -110,3 +123,27 @@ def test_shipped_recipes_validate():
     for path in sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")):
         recipe, digest = load_recipe(path)
         assert recipe.name == path.stem and len(digest) == 64
+
+
+def test_stage_helper_runs_a_stage_from_the_config_it_writes(tmp_path):
+    """The loop's judge step goes through run_stage: its typed config on disk, read back by `selfalign judge
+    --config`, including the endpoint fields (concurrency, API-key variable) the recipe's judge step now shares."""
+    from selfalign.io import read_jsonl, write_jsonl
+    from selfalign.loop import stage_judge
+    from selfalign.recipes import load_recipe
+    from selfalign.records import Sample, ScoredSample
+
+    recipe, _ = load_recipe(_recipe(tmp_path, judge={"scorer": "self-consistency", "concurrency": 3,
+                                                     "judge_api_key_env": "MY_KEY"}))
+    it_dir = tmp_path / "run" / "iter_01"
+    texts = ["The answer is 4.", "The answer is 4.", "The answer is 5.", "no idea"]
+    write_jsonl(it_dir / "samples.jsonl", [Sample(prompt_id="q", sample_index=i, messages=[{"role": "user",
+                                                  "content": "2+2?"}], text=t, num_tokens=4, finish_reason="stop")
+                                           for i, t in enumerate(texts)])
+    report = stage_judge(recipe, tmp_path / "run", it_dir, 1)
+    written = yaml.safe_load((it_dir / "config" / "judge.yaml").read_text())
+    assert written == {**recipe.judge.model_dump(), "judge_model": "default"}  # 'policy' resolved to iteration 1's
+    assert written["concurrency"] == 3 and written["judge_api_key_env"] == "MY_KEY"
+    scored = read_jsonl(it_dir / "scored.jsonl", ScoredSample)
+    assert [s.votes for s in scored] == [2, 2, 1, 0] and report["samples"] == 4
+    assert "--config" in (it_dir / "logs" / "judge.log").read_text()
