@@ -39,6 +39,20 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
                                                                                    ref_rejected_logps)
 
 
+def hinge_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+               ref_rejected_logps: Tensor, beta: float = 0.1):
+    """SLiC-HF's calibration loss (Zhao et al. 2023, arXiv:2305.10425, Eq. 1), on log-ratios as TRL's `hinge`.
+
+        h = [log π(y+|x) - log π_ref(y+|x)] - [log π(y-|x) - log π_ref(y-|x)],   L = max(0, 1 - β h)
+
+    "Calibrate the sequence likelihood": a pair stops contributing once its margin reaches 1/β, so confident pairs
+    are not pushed further. β 0.01-1 (1/β is the margin, in nats).
+    """
+    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    return torch.relu(1 - beta * h), _rewards(beta, policy_chosen_logps, ref_chosen_logps), \
+        _rewards(beta, policy_rejected_logps, ref_rejected_logps)
+
+
 def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
              ref_rejected_logps: Tensor, chosen_lengths: Tensor, rejected_lengths: Tensor, beta: float = 0.1):
     """IPO (Azar et al. 2023, arXiv:2310.12036, Eq. 17), log-ratios averaged per token as TRL does.
@@ -188,6 +202,7 @@ LOSSES: dict[str, LossSpec] = {
     "dpo": LossSpec(dpo_loss, "pair", summary="DPO (sigmoid)"),
     "cdpo": LossSpec(dpo_loss, "pair", options={"beta": "beta", "label_smoothing": "label_smoothing"},
                      defaults={"beta": 0.1, "label_smoothing": 0.1}, summary="conservative DPO (label smoothing ε)"),
+    "hinge": LossSpec(hinge_loss, "pair", summary="SLiC-HF hinge on the DPO margin"),
     "ipo": LossSpec(ipo_loss, "pair", summary="IPO (per-token log-ratios, TRL's convention)"),
     "ln_dpo": LossSpec(ln_dpo_loss, "pair", defaults={"beta": 2.0}, summary="length-normalized DPO"),
     "rpo": LossSpec(rpo_loss, "pair", options={"beta": "beta", "alpha": "alpha"}, summary="DPO + NLL on chosen"),

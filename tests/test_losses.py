@@ -146,3 +146,14 @@ def test_srpo():
         self_term = (0.5 - 0.2 * (wl - ll)) ** 2 + (0.5 - 0.2 * (ww - lw)) ** 2
         gen_term = (0.2 * (wl + w - lw - l) - 1) ** 2
         assert float(got[i]) == pytest.approx(0.8 * self_term + 0.2 * gen_term)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_hinge(beta):
+    got, chosen_r, _ = losses.hinge_loss(PC, PR, RC, RR, beta)
+    for i in range(B):
+        pc, pr, rc, rr, *_ = each(i)
+        assert float(got[i]) == pytest.approx(max(0.0, 1 - beta * ((pc - rc) - (pr - rr))))
+        assert float(chosen_r[i]) == pytest.approx(beta * (pc - rc))
+    if beta == 0.5:
+        assert (got == 0).any() and (got > 0).any(), "the data must reach both sides of the hinge"

@@ -1,10 +1,10 @@
-"""Our losses against TRL's: DPO, IPO, LN-DPO, cDPO and RPO through TRL's DPOTrainer on the same batch, policy and
+"""Our losses against TRL's: DPO, IPO, LN-DPO, hinge (SLiC-HF), cDPO and RPO through TRL's DPOTrainer on the same batch, policy and
 (different) reference model; SimPO against TRL's CPOTrainer loss on the same log-probs."""
 
 import pytest
 import torch
 
-from selfalign.losses import dpo_loss, ipo_loss, ln_dpo_loss, rpo_loss, simpo_loss
+from selfalign.losses import dpo_loss, hinge_loss, ipo_loss, ln_dpo_loss, rpo_loss, simpo_loss
 from selfalign.records import PreferencePair
 from selfalign.training.data import sequence_logps, tokenize_pair
 
@@ -46,7 +46,7 @@ def _trl_batch_and_loss(tiny_model_path, tmp_path, trl_loss_type, beta, rows=ROW
 
 
 @pytest.mark.parametrize("trl_loss_type, ours, beta", [("sigmoid", "dpo", 0.1), ("ipo", "ipo", 0.1),
-                                                        ("sigmoid_norm", "ln_dpo", 2.0)])
+                                                        ("sigmoid_norm", "ln_dpo", 2.0), ("hinge", "hinge", 0.1)])
 def test_loss_parity_with_trl(tiny_model_path, tmp_path, trl_loss_type, ours, beta):
     batch, trl_loss, policy, ref, tokenizer = _trl_batch_and_loss(tiny_model_path, tmp_path, trl_loss_type, beta)
     inputs = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
@@ -58,6 +58,8 @@ def test_loss_parity_with_trl(tiny_model_path, tmp_path, trl_loss_type, ours, be
     lc, lr = lengths.chunk(2)
     if ours == "dpo":
         losses, _, _ = dpo_loss(pc, pr, rc, rr, beta)
+    elif ours == "hinge":
+        losses, _, _ = hinge_loss(pc, pr, rc, rr, beta)
     elif ours == "ipo":
         losses, _, _ = ipo_loss(pc, pr, rc, rr, lc, lr, beta)
     else:
