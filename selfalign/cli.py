@@ -77,20 +77,24 @@ def generate(
     stop: Optional[list[str]] = typer.Option(None, help="stop string (repeatable)"),
     seed: Optional[int] = typer.Option(None, help="[default: 0]"),
     logprobs: Optional[bool] = typer.Option(None, "--logprobs", help="record each sample's summed log-prob"),
+    truncate_prompts: Optional[bool] = typer.Option(None, "--truncate-prompts", help="cut prompts longer than the "
+                                                    "model's context (keeping the end) instead of refusing them"),
     limit: Optional[int] = typer.Option(None, help="only the first N prompts"),
     show: int = typer.Option(0, help="print a table of the first N samples"),
 ) -> None:
     """Sample N completions per prompt from a model."""
     import time
 
-    from selfalign.generation import GenerationConfig, get_engine
-    from selfalign.io import read_jsonl, write_jsonl
+    from selfalign.generation import GenerationConfig, get_engine, prompt_ids
+    from selfalign.io import prepare_output, read_jsonl, require_records, write_jsonl
     from selfalign.records import PromptRecord
 
     cfg = load_config(GenerationConfig, config, {"engine": engine, "n": n, "temperature": temperature, "top_p": top_p,
                                                  "max_new_tokens": max_new_tokens, "stop": stop or None, "seed": seed,
-                                                 "record_logprobs": logprobs})
-    records = read_jsonl(prompts, PromptRecord)[:limit]
+                                                 "record_logprobs": logprobs, "truncate_prompts": truncate_prompts})
+    records = require_records(read_jsonl(prompts, PromptRecord)[:limit], prompts, "prompts")
+    prompt_ids(records, str(prompts))  # duplicates fail here, before a model loads
+    prepare_output(out)
     gen = get_engine(cfg.engine, model, seed=cfg.seed or 0)
     start = time.perf_counter()
     samples = gen.generate(records, cfg.sampling(), progress=True)
@@ -124,19 +128,29 @@ def judge(
     use_logprobs: Optional[bool] = typer.Option(None, "--use-logprobs/--no-use-logprobs",
                                                 help="pairwise: read the preference from answer-letter probabilities"),
     concurrency: Optional[int] = typer.Option(None, help="OpenAI endpoint: requests in flight  [default: 8]"),
+    judge_timeout: Optional[float] = typer.Option(None, help="OpenAI endpoint: seconds one request may take, "
+                                                  "retries included  [default: 300]"),
+    on_judge_error: Optional[str] = typer.Option(None, help="OpenAI endpoint, when a request's time is spent: stop | "
+                                                 "abstain  [default: stop]"),
+    force: bool = typer.Option(False, help="discard OUT.partial left by a run on other samples or settings"),
 ) -> None:
     """Score samples: self-consistency votes, an LLM judge, or a reward model."""
     from selfalign.io import read_jsonl
     from selfalign.judging.scorers import JudgeConfig, make_scorer
-    from selfalign.judging.stage import score_file, summarize, write_report
+    from selfalign.io import prepare_output
+    from selfalign.judging.stage import check_samples, score_file, summarize, write_report
     from selfalign.records import Sample
 
     cfg = load_config(JudgeConfig, config, {"scorer": scorer, "judge_model": judge_model,
                                             "judge_base_url": judge_base_url, "judge_api_key_env": judge_api_key_env,
-                                            "mode": mode, "use_logprobs": use_logprobs, "concurrency": concurrency})
+                                            "mode": mode, "use_logprobs": use_logprobs, "concurrency": concurrency,
+                                            "judge_timeout": judge_timeout, "on_judge_error": on_judge_error})
     records = read_jsonl(samples, Sample)
+    check_samples(records, samples)
+    prepare_output(out)
     score_group, stats = make_scorer(cfg, out.with_name(out.name + ".judge-cache.jsonl"))
-    scored = score_file(records, score_group, out)
+    scored = score_file(records, score_group, out, settings=cfg.model_dump(exclude={"concurrency", "judge_timeout"}),
+                        force=force)
     report = {"scorer": cfg.scorer, "mode": cfg.mode if cfg.scorer == "llm-judge" else None, **summarize(scored, stats)}
     write_report(out, report)
     console.print(f"scored {len(scored)} samples -> {out}; {report}")
@@ -154,7 +168,7 @@ def build_pairs(
     max_length_ratio: Optional[float] = typer.Option(None, help="drop pairs whose chosen is this many times longer"),
 ) -> None:
     """Build preference pairs or ranked lists from scored samples, with a report of what was dropped and why."""
-    from selfalign.io import read_jsonl, write_jsonl
+    from selfalign.io import DataFileError, prepare_output, read_jsonl, require_records, write_jsonl
     from selfalign.judging.stage import write_report
     from selfalign.pairs import PairOptions, build_preferences
     from selfalign.records import ScoredSample
@@ -163,7 +177,12 @@ def build_pairs(
                                                 "vote_threshold": vote_threshold,
                                                 "max_pairs_per_prompt": max_pairs_per_prompt,
                                                 "max_length_ratio": max_length_ratio})
-    records, report = build_preferences(read_jsonl(scored, ScoredSample), options)
+    prepare_output(out)
+    records, report = build_preferences(require_records(read_jsonl(scored, ScoredSample), scored, "scored samples"),
+                                        options)
+    if not records:
+        raise DataFileError(scored, None, None, f"no preference records survived the filters ({report}); nothing "
+                            "was written")
     write_jsonl(out, records)
     write_report(out, report)
     console.print(f"{report['records']} records from {report['prompts']} prompts -> {out}; {report}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import atomic_dir
+from selfalign.io import atomic_dir, prepare_output
 
 log = logging.getLogger(__name__)
 VERIFY_PROMPTS = ["What is 7 + 5?", "Write one sentence about the sea.", "List three colors."]
@@ -69,6 +69,13 @@ def _load_zero_checkpoint(folder: Path, base_model: str):
 
 def load_trained(weights: Path, base_model: str | None = None):
     """(model used for the reference logits, merged plain model, base model name, tokenizer source)."""
+    from selfalign.models import loading
+
+    with loading(f"trained weights in {weights}"):
+        return _load_trained(weights, base_model)
+
+
+def _load_trained(weights: Path, base_model: str | None = None):
     from transformers import AutoModelForCausalLM
 
     from selfalign.models import resolve_model
@@ -148,7 +155,7 @@ def export(source: str | Path, out: str | Path, dtype: str = "fp32", iteration: 
 
     from selfalign.models import pick_dtype
 
-    out = Path(out)
+    out = prepare_output(out, kind="folder")  # a bad target fails before minutes of merging
     if out.exists() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} is not empty; pass --force to replace it")
     weights = find_weights(Path(source), iteration)

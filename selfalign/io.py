@@ -27,18 +27,55 @@ class DataFileError(SelfAlignError, ValueError):
         super().__init__(f"{where}{what}: {problem}")
 
 
+class OutputError(SelfAlignError, OSError):
+    """An output cannot be written where it was asked for; the message names the path and why."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def prepare_output(path: str | Path, kind: str = "file") -> Path:
+    """Check that `path` can be written as a `kind` ('file' or 'folder') and make its parent folders."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file path for the output")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: is a file; give a folder path for the output")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: cannot be created, {parent} is a file, not a folder")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot create its folder ({e.strerror})") from None
+    return path
+
+
+def require_records(records: list, path: str | Path, what: str) -> list:
+    """An empty input is an error, never an empty output replacing a good one."""
+    if not records:
+        raise DataFileError(path, None, None, f"holds no {what}; nothing was written")
+    return records
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block finishes.
 
-    A kill mid-write leaves the old file (or nothing) in place, never half a file.
+    A kill mid-write leaves the old file (or nothing) in place, never half a file. The result gets the ordinary
+    mode of a new file under the user's umask (mkstemp's temporary file is private).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = prepare_output(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -48,16 +85,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`, renamed to `path` when the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = prepare_output(path, kind="folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
             if not force:
-                raise FileExistsError(f"{path} appeared while writing; not overwriting it")
+                raise OutputError(f"{path} appeared while writing; not overwriting it")
             shutil.rmtree(path)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -80,8 +116,15 @@ def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise DataFileError(path, None, None, "file not found")
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
+    if path.is_dir():
+        raise DataFileError(path, None, None, "is a folder, not a JSONL file")
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFileError(path, line_number, None, f"not UTF-8 text (byte {e.start + 1} of the line)") \
+                    from None
             if not line.strip():
                 continue
             try:

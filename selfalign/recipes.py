@@ -99,7 +99,7 @@ def _field_error(path: Path, error: ValidationError) -> RecipeError:
 def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
     """Fail before any work: missing, empty or malformed prompt files, missing models and accelerate configs."""
     from selfalign.io import DataFileError, read_jsonl
-    from selfalign.models import resolve_model
+    from selfalign.models import check_hub_model, resolve_model
     from selfalign.records import PromptRecord, prompt_id_of
 
     for label, value in (("prompts", recipe.prompts), ("eval.data", recipe.eval.data if recipe.eval else None),
@@ -127,6 +127,7 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
                          or recipe.judge.scorer == "self-consistency" else recipe.judge.judge_model)):
         if name:
             try:
-                resolve_model(name)
-            except FileNotFoundError as e:
+                if resolve_model(name) == name and not Path(name).exists():
+                    check_hub_model(name)  # a hub id: it must exist (or be cached) before the run folder does
+            except SelfAlignError as e:
                 raise RecipeError(f"{recipe_path}: field '{label}': {e}") from None

@@ -13,6 +13,27 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from selfalign.records import Message
+
+
+class ChatRequest(BaseModel):
+    """The fields of an OpenAI chat request this server honours, with OpenAI's bounds; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    messages: list[Message] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    logprobs: bool = False
+    top_logprobs: int = Field(0, ge=0, le=20)
+    seed: int | None = None
+
+
+class BadRequest(ValueError):
+    """A request this server must answer with HTTP 400."""
 
 
 class _ModelHost:
@@ -27,18 +48,26 @@ class _ModelHost:
     def chat(self, body: dict) -> dict:
         from selfalign.generation import chat_token_ids
 
+        try:
+            request = ChatRequest.model_validate(body)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise BadRequest(f"field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
         tokenizer, model = self.engine.tokenizer, self.engine.model
-        ids = torch.tensor([chat_token_ids(tokenizer, body["messages"])], device=model.device)
-        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
-        temperature = float(body.get("temperature", 1.0))
-        want_logprobs = bool(body.get("logprobs"))
-        top_n = int(body.get("top_logprobs") or 0)
+        prompt = chat_token_ids(tokenizer, request.messages)
+        context = self.engine.context_length or 2048
+        if len(prompt) >= context:
+            raise BadRequest(f"the messages are {len(prompt)} tokens; this model's context is {context}")
+        # Capped so that prompt + completion fit the context, as OpenAI-compatible servers do.
+        max_tokens = min(request.max_tokens or request.max_completion_tokens or 256, context - len(prompt))
+        ids = torch.tensor([prompt], device=model.device)
+        temperature, want_logprobs, top_n = request.temperature, request.logprobs, request.top_logprobs
         with self.lock:
-            if temperature > 0 and body.get("seed") is not None:
-                torch.manual_seed(int(body["seed"]))
+            if temperature > 0 and request.seed is not None:
+                torch.manual_seed(request.seed)
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                                  do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                                 top_p=float(body.get("top_p", 1.0)) if temperature > 0 else None,
+                                 top_p=request.top_p if temperature > 0 else None,
                                  top_k=0 if temperature > 0 else None,
                                  pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
                                  output_logits=want_logprobs)
@@ -88,10 +117,16 @@ def make_server(model: str, host: str = "127.0.0.1", port: int = 8000) -> Thread
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
                 return
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                if not isinstance(body, dict):
+                    raise BadRequest("the body must be a JSON object")
                 self._send(200, model_host.chat(body))
-            except (KeyError, ValueError, TypeError) as e:
-                self._send(400, {"error": {"message": f"bad request: {e}"}})
+            except (BadRequest, json.JSONDecodeError, UnicodeDecodeError) as e:
+                self._send(400, {"error": {"message": f"bad request: {e}", "type": "invalid_request_error"}})
+            except Exception as e:  # a bug: answer it anyway, never drop the connection without a response
+                self._send(500, {"error": {"message": f"internal error: {type(e).__name__}: {e}",
+                                           "type": "server_error"}})
 
         def log_message(self, *args):  # quiet: request lines would otherwise go to stderr for every call
             pass

@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from selfalign.errors import ConfigError
+from selfalign.errors import ConfigError, SelfAlignError
 from selfalign.records import PromptRecord, Sample, prompt_id_of
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ class SamplingSettings(BaseModel):
     stop: list[str] = Field(default_factory=list)
     seed: int = 0
     logprobs: bool = Field(False, description="record each sample's summed token log-prob (untempered)")
+    truncate_prompts: bool = Field(False, description="cut prompts longer than the context (keeping the end of "
+                                   "their last message) instead of refusing them")
 
 
 class GenerationConfig(BaseModel):
@@ -43,11 +45,13 @@ class GenerationConfig(BaseModel):
     stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(None, description="sampling seed; unset: 0, or in `selfalign run` recipe seed + iteration")
     record_logprobs: bool = Field(False, description="record each sample's summed log-prob (untempered)")
+    truncate_prompts: bool = Field(False, description="cut prompts longer than the model's context (keeping the end "
+                                   "of their last message) instead of refusing them")
 
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(n=self.n, temperature=self.temperature, top_p=self.top_p,
                                 max_new_tokens=self.max_new_tokens, stop=self.stop, seed=self.seed or 0,
-                                logprobs=self.record_logprobs)
+                                logprobs=self.record_logprobs, truncate_prompts=self.truncate_prompts)
 
 
 class Engine(Protocol):
@@ -95,13 +99,62 @@ def get_engine(name: str, model: str, seed: int = 0, **kwargs) -> Engine:
     return HFEngine(model, **kwargs)
 
 
-def prompt_ids(prompts: list[PromptRecord]) -> list[str]:
+class PromptError(SelfAlignError, ValueError):
+    """A prompt the engines cannot take: a duplicate id, or longer than the model's context."""
+
+
+def prompt_ids(prompts: list[PromptRecord], source: str | None = None) -> list[str]:
     """Explicit ids, else the line position; duplicates are an error since samples are keyed by them."""
     ids = [prompt_id_of(p, i) for i, p in enumerate(prompts)]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"prompt id {dup!r} appears more than once")
+    seen: dict[str, int] = {}
+    for position, prompt_id in enumerate(ids):
+        if prompt_id in seen:
+            where = f"{source}: " if source else ""
+            raise PromptError(f"{where}prompt id {prompt_id!r} appears more than once (prompts {seen[prompt_id] + 1} "
+                              f"and {position + 1})")
+        seen[prompt_id] = position
     return ids
+
+
+def fit_to_context(tokenizer, prompts: list[PromptRecord], context_length: int | None,
+                   settings: SamplingSettings) -> list[PromptRecord]:
+    """Refuse (or, with `truncate_prompts`, cut) prompts whose tokens plus `max_new_tokens` exceed the context, before
+    any of them reaches the model: one over-long prompt must not cost the machine its memory."""
+    if not context_length:
+        return prompts
+    budget = context_length - settings.max_new_tokens
+    if budget < 1:
+        raise PromptError(f"max_new_tokens {settings.max_new_tokens} leaves no room for a prompt in the model's "
+                          f"context of {context_length} tokens")
+    fitted = []
+    for position, prompt in enumerate(prompts):
+        length = len(chat_token_ids(tokenizer, prompt.messages))
+        if length <= budget:
+            fitted.append(prompt)
+            continue
+        prompt_id = prompt_id_of(prompt, position)
+        if not settings.truncate_prompts:
+            raise PromptError(f"prompt {prompt_id!r} is {length} tokens; the model's context of {context_length} "
+                              f"tokens leaves {budget} beside max_new_tokens {settings.max_new_tokens}. Shorten it, "
+                              "or pass --truncate-prompts (keeps the end of its last message)")
+        fitted.append(_truncated(tokenizer, prompt, prompt_id, budget))
+    return fitted
+
+
+def _truncated(tokenizer, prompt: PromptRecord, prompt_id: str, budget: int) -> PromptRecord:
+    """The prompt with the start of its last message cut until the whole chat fits `budget` tokens (the end of a
+    message is where the question usually is; TRL's `keep_end`)."""
+    messages = [m.model_copy() for m in prompt.messages]
+    content_ids = tokenizer(messages[-1].content, add_special_tokens=False)["input_ids"]
+    excess = len(chat_token_ids(tokenizer, messages)) - budget
+    while excess > 0:
+        if excess >= len(content_ids):
+            raise PromptError(f"prompt {prompt_id!r}: even without its last message it does not fit the context")
+        content_ids = content_ids[excess + 2:]  # a little slack: tokens may merge differently at the cut
+        messages[-1] = messages[-1].model_copy(update={"content": tokenizer.decode(content_ids)})
+        excess = len(chat_token_ids(tokenizer, messages)) - budget
+    log.warning("prompt %r cut to fit the context (%d tokens)", prompt_id, budget)
+    return prompt.model_copy(update={"id": prompt_id, "messages": messages, "prompt": None})
 
 
 def chat_token_ids(tokenizer, messages) -> list[int]:

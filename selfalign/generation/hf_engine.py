@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from selfalign.generation import SamplingSettings, chat_token_ids, cut_at_stop, left_pad, prompt_ids
+from selfalign.generation import (SamplingSettings, chat_token_ids, cut_at_stop, fit_to_context, left_pad,
+                                  prompt_ids)
 from selfalign.models import load_model, load_tokenizer
 from selfalign.records import PromptRecord, Sample
 
@@ -22,6 +23,7 @@ class HFEngine:
         self.tokenizer = tokenizer or load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.model = model_obj if model_obj is not None else load_model(model, device, dtype, trust_remote_code)
         self.max_batch_tokens = max_batch_tokens
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
 
     def _batches(self, encoded: list[list[int]], settings: SamplingSettings) -> list[list[int]]:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -41,6 +43,7 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompts: list[PromptRecord], settings: SamplingSettings, progress: bool = False) -> list[Sample]:
         ids = prompt_ids(prompts)
+        prompts = fit_to_context(self.tokenizer, prompts, self.context_length, settings)
         encoded = [chat_token_ids(self.tokenizer, p.messages) for p in prompts]
         eos_ids = self._eos_ids()
         pad_id = self.tokenizer.pad_token_id

