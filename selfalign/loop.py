@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from selfalign.errors import SelfAlignError
 from selfalign.io import prepare_output, read_jsonl, write_json, write_jsonl
+from selfalign.progress import PROGRESS_ENV, RunDisplay, read_progress
 from selfalign.recipes import Recipe, RecipeError, check_inputs, load_recipe
 from selfalign.records import PromptRecord
 from selfalign.training.config import TrainConfig
@@ -49,14 +50,24 @@ class Manifest:
         self.save()
 
 
-def _run(cmd: list[str], log_path: Path, env_extra: dict | None = None) -> None:
-    """A stage subprocess; its output goes to a log file, and a failure shows the log's tail."""
+def _run(cmd: list[str], log_path: Path, display: RunDisplay | None = None) -> None:
+    """A stage subprocess; its output goes to a log file, its progress to the display, and a failure shows the
+    log's tail."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    progress_path = log_path.with_suffix(".progress.json")
+    progress_path.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", PROGRESS_ENV: str(progress_path)}
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while True:
+            try:
+                code = process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if display is not None:
+                    display.update(read_progress(progress_path))
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
         raise StageError(f"stage command failed (exit {code}): {' '.join(cmd)}\nlog {log_path}:\n{tail}")
@@ -70,7 +81,7 @@ CLI = [sys.executable, "-m", "selfalign.cli"]
 
 
 def run_stage(command: list[str], config: BaseModel, it_dir: Path, launcher: list[str] | None = None,
-              **arguments) -> None:
+              display: RunDisplay | None = None, **arguments) -> None:
     """Run one subprocess stage the same way for every stage: its typed config written to iter_NN/config/, passed as
     `--config`, and only paths and run-level values as options. Recipe and CLI share the config models, so neither
     can set a field the other lacks."""
@@ -79,7 +90,8 @@ def run_stage(command: list[str], config: BaseModel, it_dir: Path, launcher: lis
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     options = [item for key, value in arguments.items() for item in (f"--{key.replace('_', '-')}", str(value))]
-    _run((launcher or CLI) + command + ["--config", str(config_path)] + options, it_dir / "logs" / f"{name}.log")
+    _run((launcher or CLI) + command + ["--config", str(config_path)] + options, it_dir / "logs" / f"{name}.log",
+         display)
 
 
 def policy_of(run_dir: Path, recipe: Recipe, iteration: int) -> str:
@@ -87,7 +99,8 @@ def policy_of(run_dir: Path, recipe: Recipe, iteration: int) -> str:
     return recipe.model if iteration == 1 else str(run_dir / f"iter_{iteration - 1:02d}" / "merged")
 
 
-def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
+def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
+                   display: RunDisplay | None = None) -> dict:
     it_dir.mkdir(parents=True, exist_ok=True)
     prompts = read_jsonl(recipe.prompts, PromptRecord)
     size = recipe.prompts_per_iteration or len(prompts)
@@ -98,16 +111,17 @@ def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) 
     config = recipe.generation
     if config.seed is None:
         config = config.model_copy(update={"seed": recipe.seed + iteration})
-    run_stage(["generate"], config, it_dir, model=policy_of(run_dir, recipe, iteration),
+    run_stage(["generate"], config, it_dir, display=display, model=policy_of(run_dir, recipe, iteration),
               prompts=it_dir / "prompts.jsonl", out=it_dir / "samples.jsonl")
     return {"prompts": len(chosen), "samples": sum(1 for _ in open(it_dir / "samples.jsonl"))}
 
 
-def stage_judge(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
+def stage_judge(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
+                display: RunDisplay | None = None) -> dict:
     config = recipe.judge
     if config.judge_model == "policy":  # self-rewarding: the policy being trained judges its own samples
         config = config.model_copy(update={"judge_model": policy_of(run_dir, recipe, iteration)})
-    run_stage(["judge"], config, it_dir, samples=it_dir / "samples.jsonl", out=it_dir / "scored.jsonl")
+    run_stage(["judge"], config, it_dir, display=display, samples=it_dir / "samples.jsonl", out=it_dir / "scored.jsonl")
     return json.loads((it_dir / "scored.report.json").read_text())
 
 
@@ -123,7 +137,8 @@ def stage_filter(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) ->
     return report
 
 
-def stage_train(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
+def stage_train(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
+                display: RunDisplay | None = None) -> dict:
     values = {**recipe.train.model_dump(), "model": policy_of(run_dir, recipe, iteration)}
     if "seed" not in recipe.train.model_fields_set:
         values["seed"] = recipe.seed + iteration
@@ -131,7 +146,7 @@ def stage_train(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> 
     if recipe.accelerate_config:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe.accelerate_config,
                     "-m", "selfalign.cli"]
-    run_stage(["train"], TrainConfig.model_validate(values), it_dir, launcher=launcher, pairs=it_dir / "pairs.jsonl",
+    run_stage(["train"], TrainConfig.model_validate(values), it_dir, launcher=launcher, display=display, pairs=it_dir / "pairs.jsonl",
               out=it_dir / "checkpoint")
     summary = json.loads((it_dir / "checkpoint" / "train_summary.json").read_text())
     return {"steps": summary["steps"], "final_metrics": summary["final_metrics"]}
@@ -155,9 +170,10 @@ def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, ma
     return {"max_logit_diff": result["max_logit_diff"]}
 
 
-def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int) -> dict:
+def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
+                   display: RunDisplay | None = None) -> dict:
     it_dir.mkdir(parents=True, exist_ok=True)
-    run_stage(["eval", "heldout"], recipe.eval, it_dir, model=policy_of(run_dir, recipe, iteration + 1),
+    run_stage(["eval", "heldout"], recipe.eval, it_dir, display=display, model=policy_of(run_dir, recipe, iteration + 1),
               out=it_dir / "eval.json", engine=recipe.generation.engine, seed=recipe.seed)
     result = json.loads((it_dir / "eval.json").read_text())
     return {k: v for k, v in result.items() if not isinstance(v, list)}
@@ -211,7 +227,7 @@ def _alive(pid) -> bool:
 
 
 def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool = False, iterations: int | None = None,
-        until: str | None = None, on_iteration=None) -> Path:
+        until: str | None = None, on_iteration=None, display: RunDisplay | None = None) -> Path:
     recipe_path = Path(recipe_path)
     recipe, recipe_hash = load_recipe(recipe_path)
     check_inputs(recipe, recipe_path)
@@ -219,12 +235,16 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
         raise RecipeError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
     run_dir = prepare_output(Path(run_dir or Path("runs") / recipe.name), kind="folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+    last = min(iterations or recipe.iterations, recipe.iterations)
+    display = display or RunDisplay(last)
     with run_folder_lock(run_dir):
-        return _run_locked(recipe, recipe_path, recipe_hash, run_dir, force, iterations, until, on_iteration)
+        display.message(f"selfalign run {recipe.name}: {last} iteration(s) in {run_dir} (stage logs in "
+                        f"{run_dir}/iter_NN/logs/)")
+        return _run_locked(recipe, recipe_path, recipe_hash, run_dir, force, last, until, on_iteration, display)
 
 
-def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Path, force: bool,
-                iterations: int | None, until: str | None, on_iteration) -> Path:
+def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Path, force: bool, last: int,
+                until: str | None, on_iteration, display: RunDisplay) -> Path:
     manifest = Manifest(run_dir / "manifest.json")
     if manifest.data.get("recipe_sha256") not in (None, recipe_hash) and not force:
         raise RecipeError(f"{recipe_path} changed since {run_dir} was started (sha256 {manifest.data['recipe_sha256'][:12]}"
@@ -235,20 +255,21 @@ def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Pa
     manifest.save()
 
     if recipe.eval is not None:  # iteration 0: the base policy's numbers, to measure gains against
-        _do(manifest, 0, "evaluate", lambda: stage_evaluate(recipe, run_dir, run_dir / "iter_00", 0))
-    last = min(iterations or recipe.iterations, recipe.iterations)
+        _do(manifest, display, 0, "evaluate",
+            lambda: stage_evaluate(recipe, run_dir, run_dir / "iter_00", 0, display))
     for iteration in range(1, last + 1):
         it_dir = run_dir / f"iter_{iteration:02d}"
         steps = {
-            "generate": lambda: stage_generate(recipe, run_dir, it_dir, iteration),
-            "judge": lambda: stage_judge(recipe, run_dir, it_dir, iteration),
+            "generate": lambda: stage_generate(recipe, run_dir, it_dir, iteration, display),
+            "judge": lambda: stage_judge(recipe, run_dir, it_dir, iteration, display),
             "filter": lambda: stage_filter(recipe, run_dir, it_dir, iteration),
-            "train": lambda: stage_train(recipe, run_dir, it_dir, iteration),
+            "train": lambda: stage_train(recipe, run_dir, it_dir, iteration, display),
             "export": lambda: stage_export(recipe, run_dir, it_dir, iteration, manifest),
-            "evaluate": lambda: stage_evaluate(recipe, run_dir, it_dir, iteration) if recipe.eval else {"skipped": True},
+            "evaluate": lambda: (stage_evaluate(recipe, run_dir, it_dir, iteration, display) if recipe.eval
+                                 else {"skipped": True}),
         }
         for stage in STAGES:
-            _do(manifest, iteration, stage, steps[stage])
+            _do(manifest, display, iteration, stage, steps[stage])
             if until == stage and iteration == last:
                 return run_dir
         if on_iteration is not None:
@@ -258,9 +279,17 @@ def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Pa
     return run_dir
 
 
-def _do(manifest: Manifest, iteration: int, stage: str, work) -> None:
+def _do(manifest: Manifest, display: RunDisplay, iteration: int, stage: str, work) -> None:
+    display.start(iteration, stage)
     if manifest.stage(iteration, stage):
+        display.done({}, 0.0, skipped=True)
         return
     started = time.perf_counter()
-    info = work() or {}
-    manifest.mark(iteration, stage, time.perf_counter() - started, **info)
+    try:
+        info = work() or {}
+    except BaseException:
+        display.failed(time.perf_counter() - started)
+        raise
+    seconds = time.perf_counter() - started
+    manifest.mark(iteration, stage, seconds, **info)
+    display.done(info, seconds)

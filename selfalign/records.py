@@ -73,7 +73,8 @@ def _trl_preference_form(values: Any, completion_keys: tuple[str, ...]) -> Any:
     if not isinstance(values, dict):
         return values
     values = dict(values)
-    values["prompt"] = _as_messages(values.get("prompt"), "user")
+    if values.get("prompt") is not None:
+        values["prompt"] = _as_messages(values["prompt"], "user")
     for key in completion_keys:
         if key in values:
             values[key] = _as_messages(values[key], "assistant")

@@ -64,6 +64,16 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
         assert manifest["iterations"]["1"]["stages"][stage] == before[stage], f"{stage} was redone"
     assert (run_dir / "iter_01" / "samples.jsonl").stat().st_mtime == samples_mtime
     assert "resumed from" in (run_dir / "iter_01" / "logs" / "train.log").read_text()
+    # A run you can watch: the first line at once, then a start and a summary line per stage; piped, no escapes.
+    printed = result.stdout.splitlines()
+    assert printed[0].startswith("selfalign run tiny: 2 iteration(s) in")
+    for line in ("base · evaluate · done earlier, skipped", "iter 1/2 · generate · done earlier, skipped",
+                 "iter 1/2 · train · started", "iter 2/2 · generate · started"):
+        assert line in printed, line
+    assert any(line.startswith("iter 1/2 · train · done in") and "(4 steps)" in line for line in printed)
+    assert any(line.startswith("iter 2/2 · generate · done in") and "samples)" in line for line in printed)
+    assert any(line.startswith("iter 2/2 · evaluate · done in") and "greedy accuracy" in line for line in printed)
+    assert "\x1b[" not in result.stdout and "\r" not in result.stdout
     for iteration in ("1", "2"):
         assert set(manifest["iterations"][iteration]["stages"]) == {"generate", "judge", "filter", "train", "export",
                                                                    "evaluate"}

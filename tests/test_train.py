@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfalign.io import write_jsonl
+from selfalign.io import DataFileError, write_jsonl
 from selfalign.losses import LOSSES
 from selfalign.records import Message, PreferencePair, RankedList
 from selfalign.training.config import TrainConfig
@@ -237,7 +237,7 @@ def test_output_folder_of_another_run_is_refused_not_resumed(tmp_path, pairs_fil
                 use_peft=False, report_to=[], save_steps=1)
     out = tmp_path / "run"
     train(TrainConfig(loss_type="dpo", **base), pairs_file, out)
-    metrics_before = (out / "metrics.jsonl").read_text()
+    metrics_before, config_before = (out / "metrics.jsonl").read_text(), (out / "train_config.json").read_text()
     with pytest.raises(TrainingError, match=r"holds a run with other settings \(loss_type: 'dpo' there, 'ipo' now"):
         train(TrainConfig(loss_type="ipo", **base), pairs_file, out)
     other_pairs = tmp_path / "other.jsonl"
@@ -245,6 +245,12 @@ def test_output_folder_of_another_run_is_refused_not_resumed(tmp_path, pairs_fil
     with pytest.raises(TrainingError, match="holds a run on other data"):
         train(TrainConfig(loss_type="dpo", **base), other_pairs, out)
     assert (out / "metrics.jsonl").read_text() == metrics_before, "a refused run must not touch the folder"
+    assert (out / "train_config.json").read_text() == config_before
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q", "chosen": "a"}\n')
+    with pytest.raises(DataFileError, match="bad.jsonl, line 1, field 'rejected'"):
+        train(TrainConfig(loss_type="ipo", **base), bad, out)
+    assert (out / "train_config.json").read_text() == config_before, "bad input must not overwrite the config"
     summary = train(TrainConfig(loss_type="ipo", **base), pairs_file, out, force=True)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert summary["steps"] == 2 and [m["step"] for m in steps] == [1, 2]

@@ -41,7 +41,7 @@ def resumable(path: Path, items: list, key: Callable, work: Callable[[list], lis
 
     A rerun skips finished items; a torn last line from a kill is dropped and its item done again.
     """
-    from tqdm.auto import tqdm
+    from selfalign.progress import progress_bar
 
     done = {}
     if path.exists():
@@ -54,8 +54,8 @@ def resumable(path: Path, items: list, key: Callable, work: Callable[[list], lis
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()), encoding="utf-8")
     todo = [item for item in items if str(key(item)) not in done]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f, tqdm(total=len(items), initial=len(items) - len(todo),
-                                                      desc=path.stem, disable=not progress) as bar:
+    with open(path, "a", encoding="utf-8") as f, progress_bar(total=len(items), initial=len(items) - len(todo),
+                                                              desc=path.stem, disable=not progress) as bar:
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
             for item, row in zip(part, work(part)):

@@ -5,7 +5,6 @@ Answers and judgments are appended item by item, so a rerun after a kill redoes 
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 

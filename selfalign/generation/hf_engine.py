@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from selfalign.generation import (SamplingSettings, chat_token_ids, cut_at_stop, fit_to_context, left_pad,
                                   prompt_ids)
 from selfalign.models import load_model, load_tokenizer
+from selfalign.progress import progress_bar
 from selfalign.records import PromptRecord, Sample
 
 
@@ -50,7 +50,8 @@ class HFEngine:
         device = self.model.device
         results: dict[int, list[Sample]] = {}
         batches = self._batches(encoded, settings)
-        for batch_index, batch in enumerate(tqdm(batches, desc="generate (hf)", disable=not progress)):
+        bar = progress_bar(total=len(prompts), desc="generate (hf)", unit="prompts", disable=not progress)
+        for batch_index, batch in enumerate(batches):
             input_ids, attention = left_pad([encoded[i] for i in batch], pad_id)
             width = input_ids.shape[1]
             torch.manual_seed(settings.seed + batch_index)  # same seed, same batches -> same samples
@@ -96,6 +97,8 @@ class HFEngine:
                     logprob=float(token_logprobs[row, :length].sum()) if token_logprobs is not None else None,
                 )
                 results.setdefault(prompt_index, []).append(sample)
+            bar.update(len(batch))
+        bar.close()
         return [s for i in range(len(prompts)) for s in results[i]]
 
     def _eos_ids(self) -> list[int]:

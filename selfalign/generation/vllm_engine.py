@@ -6,6 +6,7 @@ import os
 
 from selfalign.generation import SamplingSettings, chat_token_ids, fit_to_context, prompt_ids
 from selfalign.models import load_tokenizer, resolve_model
+from selfalign.progress import progress_bar
 from selfalign.records import PromptRecord, Sample
 
 
@@ -57,7 +58,7 @@ class VLLMEngine:
             logprobs=0 if settings.logprobs else None,
         )
         requests = [{"prompt_token_ids": chat_token_ids(self.tokenizer, p.messages)} for p in prompts]
-        outputs = self.llm.generate(requests, params, use_tqdm=progress)
+        outputs = self.llm.generate(requests, params, use_tqdm=progress_bar if progress else False)
         samples = []
         for prompt, prompt_id, output in zip(prompts, ids, outputs):
             for index, completion in enumerate(output.outputs):

@@ -13,10 +13,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
-from tqdm.auto import tqdm
-
 from selfalign.errors import SelfAlignError
 from selfalign.io import DataFileError, prepare_output, write_json, write_jsonl
+from selfalign.progress import progress_bar
 from selfalign.records import Sample, ScoredSample, group_by_prompt
 
 class JudgeStageError(SelfAlignError, ValueError):
@@ -84,8 +83,9 @@ def score_file(samples: list[Sample], score_group: Callable[[list[Sample]], list
     todo = [pid for pid in groups if pid not in done]
     if not partial.exists():
         partial.write_text(json.dumps({"fingerprint": expected}) + "\n", encoding="utf-8")
-    with open(partial, "a", encoding="utf-8") as f, tqdm(total=len(groups), initial=len(groups) - len(todo),
-                                                         desc="judge", disable=not progress) as bar:
+    with open(partial, "a", encoding="utf-8") as f, progress_bar(total=len(groups), initial=len(groups) - len(todo),
+                                                                 desc="judge", unit="prompts",
+                                                                 disable=not progress) as bar:
         for start in range(0, len(todo), chunk_prompts):
             chunk = [s for pid in todo[start:start + chunk_prompts] for s in groups[pid]]
             scored_by_prompt = group_by_prompt(score_group(chunk))

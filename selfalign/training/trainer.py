@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from contextlib import nullcontext
@@ -25,6 +24,7 @@ import torch
 from selfalign.errors import SelfAlignError
 from selfalign.io import write_json
 from selfalign.losses import LOSSES
+from selfalign.progress import progress_bar
 from selfalign.training.config import TrainConfig
 from selfalign.training.data import collate, read_preferences, sequence_logps, tokenize_records
 from selfalign.training.objective import preference_loss
@@ -282,6 +282,8 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     history, started, step_tokens = [], time.perf_counter(), 0
     model.train()
     epoch = start_epoch
+    bar = progress_bar(total=total_steps, initial=step, desc="train", unit="steps",
+                       disable=not accelerator.is_main_process)
     while step < total_steps:
         batches = _batches(examples, cfg, epoch, rank, world)
         for batch_in_epoch, chunk in enumerate(batches):
@@ -306,6 +308,8 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
             metrics.update(step=step, epoch=epoch, learning_rate=scheduler.get_last_lr()[0], tokens=step_tokens)
             step_tokens = 0
             history.append(metrics)
@@ -320,6 +324,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
                 break
         skip = 0
         epoch += 1
+    bar.close()
 
     seconds = time.perf_counter() - started
     accelerator.wait_for_everyone()

@@ -1,0 +1,61 @@
+"""A run you can watch: stage processes report through progress_bar, the loop shows one line per stage."""
+
+import io
+import json
+
+from selfalign.progress import PROGRESS_ENV, RunDisplay, progress_bar, read_progress
+
+
+def test_progress_bar_reports_to_the_file_the_loop_names(tmp_path, monkeypatch):
+    path = tmp_path / "generate.progress.json"
+    monkeypatch.setenv(PROGRESS_ENV, str(path))
+    bar = progress_bar(total=10, desc="generate (hf)", unit="prompts", file=io.StringIO())
+    assert read_progress(path) == {"desc": "generate (hf)", "n": 0, "total": 10, "unit": "prompts"}
+    bar.update(4)  # within half a second of the last report: throttled
+    bar.update(3)
+    bar.close()  # a closing bar always reports its last count
+    assert read_progress(path)["n"] == 7
+    assert not list(tmp_path.glob("*.tmp")), "written through a temporary file, renamed into place"
+
+
+def test_disabled_bar_reports_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "train.progress.json"
+    monkeypatch.setenv(PROGRESS_ENV, str(path))
+    bar = progress_bar(total=5, disable=True)  # a non-main rank's bar
+    bar.update(5)
+    bar.close()
+    assert not path.exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_piped_output_is_plain_lines_with_summaries():
+    out = io.StringIO()
+    display = RunDisplay(2, stream=out, plain_every=0.0)
+    display.start(1, "generate")
+    display.update({"desc": "generate (vllm)", "n": 36, "total": 72, "unit": "prompts"})
+    display.done({"prompts": 72, "samples": 576}, 250.04)
+    display.start(0, "evaluate")
+    display.done({}, 0.0, skipped=True)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "iter 1/2 · generate · started"
+    assert lines[1].startswith("iter 1/2 · generate · generate (vllm) 36/72 prompts · 0:00 elapsed")
+    assert "left in this part" in lines[1]
+    assert lines[2] == "iter 1/2 · generate · done in 250.0 s (72 prompts, 576 samples)"
+    assert lines[3:] == ["base · evaluate · started", "base · evaluate · done earlier, skipped"]
+    assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
+
+
+def test_terminal_output_updates_one_line_in_place():
+    out = _Terminal()
+    display = RunDisplay(1, stream=out)
+    display.start(1, "train")
+    display.update({"desc": "train", "n": 3, "total": 14, "unit": "steps"})
+    display.done({"steps": 14, "final_metrics": {"loss": 0.5}}, 61.2)
+    text = out.getvalue()
+    assert text.count("\n") == 1, "the live line is rewritten, only the summary ends a line"
+    assert text.endswith("\r\x1b[2Kiter 1/1 · train · done in 61.2 s (14 steps)\n")
+    assert "train 3/14 steps" in text
