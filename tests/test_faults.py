@@ -426,3 +426,18 @@ def test_outputs_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.jsonl").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_judge_partial_from_other_settings_is_refused(tmp_path):
+    """Same samples, another scorer: its partial scores must not be reused either."""
+    from selfalign.io import read_jsonl
+    from selfalign.judging.scorers import JudgeConfig
+    from selfalign.judging.stage import fingerprint
+
+    samples = _samples(tmp_path / "s.jsonl", ["The answer is 4.", "The answer is 5."])
+    out = tmp_path / "scored.jsonl"
+    other = JudgeConfig(scorer="reward-model").model_dump(exclude={"concurrency", "judge_timeout"})
+    out.with_name(out.name + ".partial").write_text(
+        json.dumps({"fingerprint": fingerprint(read_jsonl(samples, Sample), other)}) + "\n")
+    _one_line_error(_invoke("judge", "--samples", samples, "--out", out), "holds scores of other samples or judge "
+                    "settings")
