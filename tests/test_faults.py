@@ -386,12 +386,13 @@ def test_prompt_longer_than_the_context_is_refused_or_cut_before_generation(tmp_
     from selfalign.records import PromptRecord
 
     tokenizer = load_tokenizer("default")
-    (cut,) = fit_to_context(tokenizer, read_jsonl(prompts, PromptRecord), 256,
-                            SamplingSettings(max_new_tokens=8, truncate_prompts=True))
+    (cut,), (cut_ids,) = fit_to_context(tokenizer, read_jsonl(prompts, PromptRecord), 256,
+                                        SamplingSettings(max_new_tokens=8, truncate_prompts=True))
     from selfalign.generation import chat_token_ids
 
     assert cut.id == "long" and cut.messages[-1].content.endswith("What is 2 + 2?")
     assert 200 < len(chat_token_ids(tokenizer, cut.messages)) <= 248
+    assert cut_ids == chat_token_ids(tokenizer, cut.messages), "the ids the engines feed are the cut prompt's"
 
 
 def test_recipe_with_a_missing_hub_model_fails_before_the_run_folder(tmp_path, cli_env):

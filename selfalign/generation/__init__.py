@@ -117,28 +117,31 @@ def prompt_ids(prompts: list[PromptRecord], source: str | None = None) -> list[s
 
 
 def fit_to_context(tokenizer, prompts: list[PromptRecord], context_length: int | None,
-                   settings: SamplingSettings) -> list[PromptRecord]:
-    """Refuse (or, with `truncate_prompts`, cut) prompts whose tokens plus `max_new_tokens` exceed the context, before
-    any of them reaches the model: one over-long prompt must not cost the machine its memory."""
+                   settings: SamplingSettings) -> tuple[list[PromptRecord], list[list[int]]]:
+    """(prompts, their chat token ids): refuse (or, with `truncate_prompts`, cut) prompts whose tokens plus
+    `max_new_tokens` exceed the context, before any of them reaches the model: one over-long prompt must not cost the
+    machine its memory. The ids are what the engines feed the model, so each prompt is tokenized once."""
+    encoded = [chat_token_ids(tokenizer, prompt.messages) for prompt in prompts]
     if not context_length:
-        return prompts
+        return prompts, encoded
     budget = context_length - settings.max_new_tokens
     if budget < 1:
         raise PromptError(f"max_new_tokens {settings.max_new_tokens} leaves no room for a prompt in the model's "
                           f"context of {context_length} tokens")
-    fitted = []
-    for position, prompt in enumerate(prompts):
-        length = len(chat_token_ids(tokenizer, prompt.messages))
-        if length <= budget:
-            fitted.append(prompt)
-            continue
-        prompt_id = prompt_id_of(prompt, position)
-        if not settings.truncate_prompts:
-            raise PromptError(f"prompt {prompt_id!r} is {length} tokens; the model's context of {context_length} "
-                              f"tokens leaves {budget} beside max_new_tokens {settings.max_new_tokens}. Shorten it, "
-                              "or pass --truncate-prompts (keeps the end of its last message)")
-        fitted.append(_truncated(tokenizer, prompt, prompt_id, budget))
-    return fitted
+    fitted, fitted_ids = [], []
+    for position, (prompt, ids) in enumerate(zip(prompts, encoded)):
+        if len(ids) > budget:
+            prompt_id = prompt_id_of(prompt, position)
+            if not settings.truncate_prompts:
+                raise PromptError(f"prompt {prompt_id!r} is {len(ids)} tokens; the model's context of "
+                                  f"{context_length} tokens leaves {budget} beside max_new_tokens "
+                                  f"{settings.max_new_tokens}. Shorten it, or pass --truncate-prompts (keeps the end "
+                                  "of its last message)")
+            prompt = _truncated(tokenizer, prompt, prompt_id, budget)
+            ids = chat_token_ids(tokenizer, prompt.messages)
+        fitted.append(prompt)
+        fitted_ids.append(ids)
+    return fitted, fitted_ids
 
 
 def _truncated(tokenizer, prompt: PromptRecord, prompt_id: str, budget: int) -> PromptRecord:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from selfalign.generation import (SamplingSettings, chat_token_ids, cut_at_stop, fit_to_context, left_pad,
-                                  prompt_ids)
+from selfalign.generation import SamplingSettings, cut_at_stop, fit_to_context, left_pad, prompt_ids
 from selfalign.models import load_model, load_tokenizer
 from selfalign.progress import progress_bar
 from selfalign.records import PromptRecord, Sample
@@ -43,8 +42,7 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompts: list[PromptRecord], settings: SamplingSettings, progress: bool = False) -> list[Sample]:
         ids = prompt_ids(prompts)
-        prompts = fit_to_context(self.tokenizer, prompts, self.context_length, settings)
-        encoded = [chat_token_ids(self.tokenizer, p.messages) for p in prompts]
+        prompts, encoded = fit_to_context(self.tokenizer, prompts, self.context_length, settings)
         eos_ids = self._eos_ids()
         pad_id = self.tokenizer.pad_token_id
         device = self.model.device

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from selfalign.generation import SamplingSettings, chat_token_ids, fit_to_context, prompt_ids
+from selfalign.generation import SamplingSettings, fit_to_context, prompt_ids
 from selfalign.models import load_tokenizer, resolve_model
 from selfalign.progress import progress_bar
 from selfalign.records import PromptRecord, Sample
@@ -48,7 +48,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         ids = prompt_ids(prompts)
-        prompts = fit_to_context(self.tokenizer, prompts, self.context_length, settings)
+        prompts, encoded = fit_to_context(self.tokenizer, prompts, self.context_length, settings)
         params = SamplingParams(
             n=settings.n,
             temperature=settings.temperature,
@@ -57,7 +57,7 @@ class VLLMEngine:
             stop=settings.stop or None,
             logprobs=0 if settings.logprobs else None,
         )
-        requests = [{"prompt_token_ids": chat_token_ids(self.tokenizer, p.messages)} for p in prompts]
+        requests = [{"prompt_token_ids": ids} for ids in encoded]
         outputs = self.llm.generate(requests, params, use_tqdm=progress_bar if progress else False)
         samples = []
         for prompt, prompt_id, output in zip(prompts, ids, outputs):
