@@ -148,7 +148,7 @@ def judge(
     check_samples(records, samples)
     prepare_output(out)
     score_group, stats = make_scorer(cfg, out.with_name(out.name + ".judge-cache.jsonl"))
-    scored = score_file(records, score_group, out, settings=cfg.model_dump(exclude={"concurrency", "judge_timeout"}),
+    scored = score_file(records, score_group, out, settings=cfg.resume_settings(),
                         force=force)
     report = {"scorer": cfg.scorer, "mode": cfg.mode if cfg.scorer == "llm-judge" else None, **summarize(scored, stats)}
     write_report(out, report)

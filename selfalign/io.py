@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -141,6 +142,17 @@ def read_jsonl(path: str | Path, record_type: type[Record]) -> list[Record]:
     from selfalign.datasets_io import validate_rows
 
     return validate_rows(path, read_json_lines(path), record_type)
+
+
+def records_sha256(records: Iterable[BaseModel], settings: dict | None = None) -> str:
+    """A hash of the records' content (and of `settings`, when given): the fingerprint that a resumable output
+    (a judge partial, a training folder) must match before it is continued."""
+    digest = hashlib.sha256()
+    if settings is not None:
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+    for record in records:
+        digest.update(record.model_dump_json().encode())
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, obj) -> None:

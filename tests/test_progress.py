@@ -1,7 +1,6 @@
 """A run you can watch: stage processes report through progress_bar, the loop shows one line per stage."""
 
 import io
-import json
 
 from selfalign.progress import PROGRESS_ENV, RunDisplay, progress_bar, read_progress
 

@@ -30,6 +30,11 @@ class JudgeConfig(BaseModel):
     on_judge_error: Literal["stop", "abstain"] = Field("stop", description="endpoint: when a request's time is spent, "
                                                        "stop with an error, or count it as an abstention")
 
+    def resume_settings(self) -> dict:
+        """The settings a judge partial's scores depend on; how the endpoint is driven (concurrency, time budget)
+        may change between a killed run and its rerun."""
+        return self.model_dump(exclude={"concurrency", "judge_timeout"})
+
 
 def make_judge_backend(model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                        concurrency: int = 8, cache_path: Path | None = None, max_tokens: int | None = None,

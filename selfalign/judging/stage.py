@@ -7,26 +7,18 @@ and the judge settings: a rerun on other samples or settings is refused instead 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import DataFileError, prepare_output, write_json, write_jsonl
+from selfalign.io import DataFileError, prepare_output, records_sha256, write_json, write_jsonl
 from selfalign.progress import progress_bar
 from selfalign.records import Sample, ScoredSample, group_by_prompt
 
 class JudgeStageError(SelfAlignError, ValueError):
     """A judge run cannot go on: its partial output belongs to other samples or other settings."""
-
-
-def fingerprint(samples: list[Sample], settings: dict) -> str:
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for sample in samples:
-        digest.update(sample.model_dump_json().encode())
-    return digest.hexdigest()
 
 
 def check_samples(samples: list[Sample], path: Path) -> None:
@@ -78,7 +70,7 @@ def score_file(samples: list[Sample], score_group: Callable[[list[Sample]], list
     out = prepare_output(out)
     partial = out.with_name(out.name + ".partial")
     groups = group_by_prompt(samples)
-    expected = fingerprint(samples, settings or {})
+    expected = records_sha256(samples, settings or {})
     done = _read_partial(partial, expected, force)
     todo = [pid for pid in groups if pid not in done]
     if not partial.exists():

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import write_json
+from selfalign.io import records_sha256, write_json
 from selfalign.losses import LOSSES
 from selfalign.progress import progress_bar
 from selfalign.training.config import TrainConfig
@@ -183,10 +183,8 @@ _BOOKKEEPING = {"report_to", "logging_steps", "save_steps", "save_total_limit", 
 
 def run_fingerprint(cfg: TrainConfig, records) -> dict:
     """What a checkpoint in OUT depends on: the configuration and a hash of the training records."""
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(record.model_dump_json().encode())
-    return {"config": cfg.model_dump(exclude=_BOOKKEEPING), "data_sha256": digest.hexdigest(), "records": len(records)}
+    return {"config": cfg.model_dump(exclude=_BOOKKEEPING), "data_sha256": records_sha256(records),
+            "records": len(records)}
 
 
 def check_output_folder(out_dir: Path, fingerprint: dict, force: bool) -> list[Path]:
