@@ -100,7 +100,8 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
     """Fail before any work: missing, empty or malformed prompt files, missing models and accelerate configs."""
     from selfalign.io import DataFileError, read_jsonl
     from selfalign.models import check_hub_model, resolve_model
-    from selfalign.records import PromptRecord, prompt_id_of
+    from selfalign.generation import PromptError, prompt_ids
+    from selfalign.records import PromptRecord
 
     for label, value in (("prompts", recipe.prompts), ("eval.data", recipe.eval.data if recipe.eval else None),
                          ("accelerate_config", recipe.accelerate_config)):
@@ -115,11 +116,10 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
             raise RecipeError(f"{recipe_path}: field '{label}': {e}") from None
         if not prompts:
             raise RecipeError(f"{recipe_path}: field '{label}': {value} holds no prompts")
-        ids = [prompt_id_of(p, i) for i, p in enumerate(prompts)]
-        if len(set(ids)) != len(ids):
-            duplicate = next(i for i in ids if ids.count(i) > 1)
-            raise RecipeError(f"{recipe_path}: field '{label}': prompt id {duplicate!r} appears more than once in "
-                              f"{value}")
+        try:
+            prompt_ids(prompts)  # the engines' own check: duplicates fail here, not after a model has loaded
+        except PromptError as e:
+            raise RecipeError(f"{recipe_path}: field '{label}': {e} in {value}") from None
         if label == "eval.data" and not any(p.answer is not None for p in prompts):
             raise RecipeError(f"{recipe_path}: field 'eval.data': {value} has no prompt with an 'answer'")
     for label, name in (("model", recipe.model),
