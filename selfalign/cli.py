@@ -112,6 +112,24 @@ def generate(
         Console().print(table)
 
 
+@app.command("policy-jobs")
+def policy_jobs(jobs: Path = typer.Option(..., help="YAML/JSON: model, engine, seed and a list of generate / "
+                                          "eval-heldout jobs")) -> None:
+    """Several generation jobs on one engine (the loop's evaluation of a policy and its next sampling); each output is
+    written atomically and skipped on rerun when done."""
+    from selfalign.cli_utils import read_mapping
+    from selfalign.errors import ConfigError
+    from selfalign.policy_jobs import PolicyJobs, run_jobs
+
+    from pydantic import ValidationError
+
+    try:
+        spec = PolicyJobs.model_validate(read_mapping(jobs))
+    except ValidationError as e:
+        raise ConfigError(f"{jobs}: {e}") from None
+    run_jobs(spec, console)
+
+
 @app.command()
 def judge(
     samples: Path = typer.Option(..., help="samples JSONL from `selfalign generate`"),

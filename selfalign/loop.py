@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel
 
 from selfalign.errors import SelfAlignError
+from selfalign.losses import LOSSES
 from selfalign.io import prepare_output, read_jsonl, write_json, write_jsonl
 from selfalign.progress import PROGRESS_ENV, RunDisplay, read_progress
 from selfalign.recipes import Recipe, RecipeError, check_inputs, load_recipe
@@ -99,8 +100,10 @@ def policy_of(run_dir: Path, recipe: Recipe, iteration: int) -> str:
     return recipe.model if iteration == 1 else str(run_dir / f"iter_{iteration - 1:02d}" / "merged")
 
 
-def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
-                   display: RunDisplay | None = None) -> dict:
+def generate_job(recipe: Recipe, it_dir: Path, iteration: int):
+    """Iteration t's sampling job: its slice of the prompts (answers stripped) written to iter_NN/prompts.jsonl."""
+    from selfalign.policy_jobs import GenerateJob
+
     it_dir.mkdir(parents=True, exist_ok=True)
     prompts = read_jsonl(recipe.prompts, PromptRecord)
     size = recipe.prompts_per_iteration or len(prompts)
@@ -111,9 +114,40 @@ def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
     config = recipe.generation
     if config.seed is None:
         config = config.model_copy(update={"seed": recipe.seed + iteration})
-    run_stage(["generate"], config, it_dir, display=display, model=policy_of(run_dir, recipe, iteration),
-              prompts=it_dir / "prompts.jsonl", out=it_dir / "samples.jsonl")
-    return {"prompts": len(chosen), "samples": sum(1 for _ in open(it_dir / "samples.jsonl"))}
+    if recipe.train.sampler_reference and LOSSES[recipe.train.loss_type].needs_reference:
+        # The sampler's log-probs under policy t are the reference that iteration t trains against.
+        config = config.model_copy(update={"record_logprobs": True})
+    return GenerateJob(config=config, prompts=str(it_dir / "prompts.jsonl"), out=str(it_dir / "samples.jsonl"))
+
+
+def heldout_job(recipe: Recipe, it_dir: Path):
+    from selfalign.policy_jobs import HeldoutJob
+
+    return HeldoutJob(config=recipe.eval, seed=recipe.seed, out=str(it_dir / "eval.json"))
+
+
+def run_policy_jobs(policy: str, jobs: list, seed: int, engine: str, it_dir: Path, name: str, manifest: Manifest,
+                    display: RunDisplay | None = None) -> list[dict]:
+    """Run jobs on one engine in a subprocess (`selfalign policy-jobs`), unless every one is already done."""
+    from selfalign.policy_jobs import PolicyJobs, finished
+
+    spec = PolicyJobs(model=policy, engine=engine, seed=seed, jobs=jobs)
+    if any(finished(job, policy) is None for job in jobs):
+        config_path = it_dir / "config" / f"{name}.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        manifest.data["engine_starts"] = manifest.data.get("engine_starts", 0) + 1
+        manifest.save()
+        _run(CLI + ["policy-jobs", "--jobs", str(config_path)], it_dir / "logs" / f"{name}.log", display)
+    return [finished(job, policy) for job in jobs]
+
+
+def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, manifest: Manifest,
+                   display: RunDisplay | None = None) -> dict:
+    job = generate_job(recipe, it_dir, iteration)
+    [marker] = run_policy_jobs(policy_of(run_dir, recipe, iteration), [job], job.config.seed, job.config.engine, it_dir,
+                               "generate", manifest, display)
+    return {"prompts": marker["prompts"], "samples": marker["samples"], "engine_seconds": marker["seconds"]}
 
 
 def stage_judge(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
@@ -149,7 +183,8 @@ def stage_train(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
     run_stage(["train"], TrainConfig.model_validate(values), it_dir, launcher=launcher, display=display, pairs=it_dir / "pairs.jsonl",
               out=it_dir / "checkpoint")
     summary = json.loads((it_dir / "checkpoint" / "train_summary.json").read_text())
-    return {"steps": summary["steps"], "final_metrics": summary["final_metrics"]}
+    return {"steps": summary["steps"], "final_metrics": summary["final_metrics"],
+            "reference": summary.get("reference", {})}
 
 
 def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, manifest: Manifest) -> dict:
@@ -170,13 +205,22 @@ def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, ma
     return {"max_logit_diff": result["max_logit_diff"]}
 
 
-def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
-                   display: RunDisplay | None = None) -> dict:
+def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, manifest: Manifest,
+                   display: RunDisplay | None = None, sample_next: bool = False) -> dict:
+    """Evaluate policy t+1; with `sample_next`, the same engine then samples iteration t+1's data (its generate
+    stage finds the samples done)."""
     it_dir.mkdir(parents=True, exist_ok=True)
-    run_stage(["eval", "heldout"], recipe.eval, it_dir, display=display, model=policy_of(run_dir, recipe, iteration + 1),
-              out=it_dir / "eval.json", engine=recipe.generation.engine, seed=recipe.seed)
+    jobs, seed = [heldout_job(recipe, it_dir)], recipe.seed
+    if sample_next:
+        jobs.append(generate_job(recipe, run_dir / f"iter_{iteration + 1:02d}", iteration + 1))
+        seed = jobs[1].config.seed
+    markers = run_policy_jobs(policy_of(run_dir, recipe, iteration + 1), jobs, seed, recipe.generation.engine, it_dir,
+                              "evaluate", manifest, display)
     result = json.loads((it_dir / "eval.json").read_text())
-    return {k: v for k, v in result.items() if not isinstance(v, list)}
+    info = {k: v for k, v in result.items() if not isinstance(v, list)}
+    if sample_next:
+        info["next_samples_seconds"] = markers[1]["seconds"]
+    return info
 
 
 class RunLockedError(SelfAlignError, RuntimeError):
@@ -256,17 +300,19 @@ def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Pa
 
     if recipe.eval is not None:  # iteration 0: the base policy's numbers, to measure gains against
         _do(manifest, display, 0, "evaluate",
-            lambda: stage_evaluate(recipe, run_dir, run_dir / "iter_00", 0, display))
+            lambda: stage_evaluate(recipe, run_dir, run_dir / "iter_00", 0, manifest, display,
+                                   sample_next=_sample_next(manifest, 0, last)))
     for iteration in range(1, last + 1):
         it_dir = run_dir / f"iter_{iteration:02d}"
         steps = {
-            "generate": lambda: stage_generate(recipe, run_dir, it_dir, iteration, display),
+            "generate": lambda: stage_generate(recipe, run_dir, it_dir, iteration, manifest, display),
             "judge": lambda: stage_judge(recipe, run_dir, it_dir, iteration, display),
             "filter": lambda: stage_filter(recipe, run_dir, it_dir, iteration),
             "train": lambda: stage_train(recipe, run_dir, it_dir, iteration, display),
             "export": lambda: stage_export(recipe, run_dir, it_dir, iteration, manifest),
-            "evaluate": lambda: (stage_evaluate(recipe, run_dir, it_dir, iteration, display) if recipe.eval
-                                 else {"skipped": True}),
+            "evaluate": lambda: (stage_evaluate(recipe, run_dir, it_dir, iteration, manifest, display,
+                                                sample_next=_sample_next(manifest, iteration, last))
+                                 if recipe.eval else {"skipped": True}),
         }
         for stage in STAGES:
             _do(manifest, display, iteration, stage, steps[stage])
@@ -277,6 +323,11 @@ def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Pa
     manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     manifest.save()
     return run_dir
+
+
+def _sample_next(manifest: Manifest, iteration: int, last: int) -> bool:
+    """Whether evaluating policy t+1 should also sample iteration t+1's data on the same engine."""
+    return iteration < last and not manifest.stage(iteration + 1, "generate")
 
 
 def _do(manifest: Manifest, display: RunDisplay, iteration: int, stage: str, work) -> None:

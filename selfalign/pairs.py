@@ -41,7 +41,15 @@ def _length_ratio(chosen: str, rejected: str) -> float:
 def _make_pair(chosen: ScoredSample, rejected: ScoredSample, weight: float, chosen_score, rejected_score):
     return PreferencePair(prompt=chosen.messages, chosen=_assistant(chosen.text), rejected=_assistant(rejected.text),
                           prompt_id=chosen.prompt_id, weight=weight, chosen_score=chosen_score,
-                          rejected_score=rejected_score)
+                          rejected_score=rejected_score, **_sampler_reference(chosen, rejected))
+
+
+def _sampler_reference(chosen: ScoredSample, rejected: ScoredSample) -> dict:
+    """The samples' recorded log-probs and tokens, carried into the pair when both have them."""
+    if any(s.logprob is None or s.token_ids is None for s in (chosen, rejected)):
+        return {}
+    return {"ref_chosen_logps": chosen.logprob, "ref_rejected_logps": rejected.logprob,
+            "chosen_token_ids": chosen.token_ids, "rejected_token_ids": rejected.token_ids}
 
 
 def _guard(chosen: ScoredSample, rejected: ScoredSample, options: PairOptions) -> str | None:
@@ -119,8 +127,11 @@ def _ranked_list(group: list[ScoredSample], options: PairOptions, report: Counte
     if len({s.score for s in rated}) < 2:
         report["dropped_all_tied" if len(rated) >= 2 else "dropped_fewer_than_two_scored"] += 1
         return []
+    recorded = all(s.logprob is not None and s.token_ids is not None for s in rated)
     return [RankedList(prompt=rated[0].messages, completions=[_assistant(s.text) for s in rated],
-                       scores=[s.score for s in rated], prompt_id=rated[0].prompt_id)]
+                       scores=[s.score for s in rated], prompt_id=rated[0].prompt_id,
+                       ref_logps=[s.logprob for s in rated] if recorded else None,
+                       completion_token_ids=[s.token_ids for s in rated] if recorded else None)]
 
 
 def build_preferences(scored: list[ScoredSample], options: PairOptions) -> tuple[list, dict]:

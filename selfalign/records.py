@@ -46,6 +46,8 @@ class Sample(BaseModel):
     num_tokens: int
     finish_reason: Literal["stop", "length"]
     logprob: float | None = Field(None, description="sum of the sampled tokens' log-probs (untempered), if asked")
+    token_ids: list[int] | None = Field(None, description="the sampled token ids (with the log-probs): what the "
+                                        "trainer checks before it takes `logprob` as the reference")
 
 
 class ScoredSample(Sample):
@@ -103,6 +105,12 @@ class PreferencePair(BaseModel):
     weight: float = 1.0
     chosen_score: float | None = None
     rejected_score: float | None = None
+    # The sampler's log-probs under the policy that sampled them (TRL's precomputed-reference column names), with
+    # the token ids they belong to; the trainer uses them as the reference where its own tokens are the same.
+    ref_chosen_logps: float | None = None
+    ref_rejected_logps: float | None = None
+    chosen_token_ids: list[int] | None = None
+    rejected_token_ids: list[int] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -117,6 +125,8 @@ class RankedList(BaseModel):
     completions: list[list[Message]]
     scores: list[float]
     prompt_id: str
+    ref_logps: list[float] | None = None  # as PreferencePair's ref_*_logps, one per completion
+    completion_token_ids: list[list[int]] | None = None
 
     @model_validator(mode="before")
     @classmethod

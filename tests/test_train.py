@@ -52,7 +52,8 @@ def lists_file(tmp_path):
 def _preference_stats(model, pairs, tokenizer, beta):
     """DPO loss and reward accuracy of `model` (a PeftModel; reference = adapter disabled) on the pairs."""
     from selfalign.losses import dpo_loss
-    from selfalign.training.data import collate, sequence_logps, tokenize_records
+    from selfalign.training.data import collate, tokenize_records
+    from selfalign.training.forward import sequence_logps
 
     batch = collate(tokenize_records(tokenizer, pairs, "dpo", 512, 256), tokenizer.pad_token_id)
     inputs = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
@@ -92,7 +93,8 @@ def _initial_sequence_logps(model_path, records, loss_type):
     from transformers import AutoModelForCausalLM
 
     from selfalign.models import load_tokenizer
-    from selfalign.training.data import collate, sequence_logps, tokenize_records
+    from selfalign.training.data import collate, tokenize_records
+    from selfalign.training.forward import sequence_logps
 
     tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()

@@ -6,7 +6,8 @@ import torch
 
 from selfalign.losses import dpo_loss, hinge_loss, ipo_loss, ln_dpo_loss, rpo_loss, simpo_loss
 from selfalign.records import PreferencePair
-from selfalign.training.data import sequence_logps, tokenize_pair
+from selfalign.training.data import tokenize_pair
+from selfalign.training.forward import sequence_logps
 
 ROWS = [
     {"prompt": [{"role": "user", "content": "What is 2 + 2?"}],
@@ -75,11 +76,20 @@ def test_our_tokenization_matches_trl(tiny_model_path, tmp_path):
         ids = batch["input_ids"][row_index]
         trl_rows.append((ids[batch["attention_mask"][row_index].bool()].tolist(),
                          ids[batch["completion_mask"][row_index].bool()].tolist()))
+    # TRL's completion ends with what the chat template writes after the end-of-turn token (ChatML's newline); ours
+    # ends at that token, where sampling stops (so the sampler's log-probs can be the reference). Up to it, the
+    # same tokens.
+    eos = tokenizer.eos_token_id
+    trl_up_to_eos = [(full[:len(full) - len(completion) + completion.index(eos) + 1],
+                      completion[:completion.index(eos) + 1]) for full, completion in trl_rows]
+    assert all(len(cut[1]) < len(whole[1]) for cut, whole in zip(trl_up_to_eos, trl_rows)), \
+        "the template writes nothing after the end-of-turn token: this test would check nothing"
     for row in ROWS:  # the dataloader may shuffle: each of our sequences must be one of TRL's rows
         pair = PreferencePair(prompt=row["prompt"], chosen=row["chosen"], rejected=row["rejected"], prompt_id="x")
         for completion in (pair.chosen, pair.rejected):
             prompt_ids, completion_ids = tokenize_pair(tokenizer, pair.prompt, completion, 256, 256)
-            assert (prompt_ids + completion_ids, completion_ids) in trl_rows
+            assert completion_ids[-1] == eos
+            assert (prompt_ids + completion_ids, completion_ids) in trl_up_to_eos
 
 
 def _our_logps(policy, ref, batch):

@@ -28,7 +28,7 @@ class SamplingSettings(BaseModel):
     max_new_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=list)
     seed: int = 0
-    logprobs: bool = Field(False, description="record each sample's summed token log-prob (untempered)")
+    logprobs: bool = Field(False, description="record each sample's token ids and summed log-prob (untempered)")
     truncate_prompts: bool = Field(False, description="cut prompts longer than the context (keeping the end of "
                                    "their last message) instead of refusing them")
 
@@ -44,7 +44,8 @@ class GenerationConfig(BaseModel):
     max_new_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(None, description="sampling seed; unset: 0, or in `selfalign run` recipe seed + iteration")
-    record_logprobs: bool = Field(False, description="record each sample's summed log-prob (untempered)")
+    record_logprobs: bool = Field(False, description="record each sample's token ids and summed log-prob "
+                                  "(untempered): the reference log-probs for training on these samples")
     truncate_prompts: bool = Field(False, description="cut prompts longer than the model's context (keeping the end "
                                    "of their last message) instead of refusing them")
 

@@ -93,6 +93,7 @@ class HFEngine:
                     num_tokens=length,
                     finish_reason="stop" if (hit_eos or hit_stop or length < settings.max_new_tokens) else "length",
                     logprob=float(token_logprobs[row, :length].sum()) if token_logprobs is not None else None,
+                    token_ids=tokens[:length] if settings.logprobs else None,
                 )
                 results.setdefault(prompt_index, []).append(sample)
             bar.update(len(batch))

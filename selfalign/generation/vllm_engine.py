@@ -74,6 +74,7 @@ class VLLMEngine:
                     num_tokens=len(completion.token_ids),
                     finish_reason="length" if completion.finish_reason == "length" else "stop",
                     logprob=logprob,
+                    token_ids=list(completion.token_ids) if settings.logprobs else None,
                 ))
         return samples
 

@@ -43,6 +43,12 @@ class TrainConfig(BaseModel):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="dtype the weights are loaded in")
     bf16: bool = Field(False, description="bf16 mixed precision as TRL's `bf16`: autocast, fp32 weights and "
                        "optimizer; `accelerate launch --mixed_precision bf16` turns it on too")
+    share_prompt_forward: bool = Field(True, description="run each group's shared prompt through the model once and "
+                                       "reuse its key/value cache for the group's completions (off under gradient "
+                                       "checkpointing, which disables the cache)")
+    sampler_reference: bool = Field(True, description="take the reference log-probs recorded by the sampler "
+                                    "(ref_chosen_logps, ... with their token ids) where the trainer's own tokens are the "
+                                    "same; in `selfalign run`, generation records them")
     precompute_ref_log_probs: bool = Field(True, description="one reference pass before training; else a live "
                                            "reference (adapter disabled with LoRA, a frozen copy otherwise)")
 

@@ -76,20 +76,66 @@ def tokenize_pair(tokenizer, prompt: list[Message], completion: list[Message], m
     else:  # templates that rewrite earlier turns: fall back to the raw content and the end-of-turn token
         completion_text = "".join(m.content for m in completion) + tokenizer.eos_token
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"][-max_prompt_length:]
-    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+    completion_ids = _end_at_end_of_turn(tokenizer, tokenizer(completion_text, add_special_tokens=False)["input_ids"])
     return prompt_ids, completion_ids[:max(1, max_length - len(prompt_ids))]
 
 
+def _end_at_end_of_turn(tokenizer, completion_ids: list[int]) -> list[int]:
+    """Drop what a chat template writes after the end-of-turn token (ChatML's newline): the policy stops sampling at
+    that token, so what follows is not part of log π(y|x), and the sampler's log-probs can only match without it."""
+    eos = tokenizer.eos_token_id
+    if eos is None or eos not in completion_ids:
+        return completion_ids
+    last = len(completion_ids) - 1 - completion_ids[::-1].index(eos)
+    if tokenizer.decode(completion_ids[last + 1:]).strip():
+        return completion_ids
+    return completion_ids[:last + 1]
+
+
+def _recorded_samples(record, loss_type: str) -> list[tuple[list[int], float]] | None:
+    """(token ids, log-prob) of each of the record's sequences as the sampler recorded them, or None. SRPO's revision
+    sequences were never sampled, so only plain pairs and lists carry them."""
+    if LOSSES[loss_type].records == "srpo":
+        return None
+    if isinstance(record, RankedList):
+        token_ids, logps = record.completion_token_ids, record.ref_logps
+    else:
+        token_ids = [record.chosen_token_ids, record.rejected_token_ids]
+        logps = [record.ref_chosen_logps, record.ref_rejected_logps]
+    if token_ids is None or logps is None or None in token_ids or None in logps:
+        return None
+    return list(zip(token_ids, logps))
+
+
+def _is_sample_of(tokenizer, token_ids: list[int], completion: list[Message]) -> bool:
+    """Whether the recorded tokens are this completion's (not edited since it was sampled)."""
+    return len(completion) == 1 and tokenizer.decode(token_ids, skip_special_tokens=True) == completion[0].content
+
+
 def tokenize_records(tokenizer, records, loss_type: str, max_length: int, max_prompt_length: int) -> list[dict]:
+    """Each record as a group of (prompt ids, completion ids). A completion that carries the token ids it was sampled
+    with is trained on those ids (retokenizing its text can differ: a model may sample a two-newline token where the
+    tokenizer writes two newlines), and then the sampler's log-probs are its exact reference (`sampler_reference`),
+    unless a cut at max_prompt_length or max_length changed the sequence."""
     examples = []
     for index, record in enumerate(records):
-        sequences = [tokenize_pair(tokenizer, p, c, max_length, max_prompt_length)
-                     for p, c in sequences_of(record, loss_type)]
+        recorded = _recorded_samples(record, loss_type)
+        sequences, exact = [], recorded is not None
+        for position, (prompt, completion) in enumerate(sequences_of(record, loss_type)):
+            prompt_ids, completion_ids = tokenize_pair(tokenizer, prompt, completion, max_length, max_prompt_length)
+            if recorded is not None and _is_sample_of(tokenizer, recorded[position][0], completion):
+                sampled = list(recorded[position][0])
+                completion_ids = sampled[:max(1, max_length - len(prompt_ids))]
+                exact = exact and completion_ids == sampled and len(prompt_ids) < max_prompt_length
+            else:
+                exact = False
+            sequences.append((prompt_ids, completion_ids))
         examples.append({
             "index": index,
             "sequences": sequences,
             "weight": getattr(record, "weight", 1.0),
             "scores": list(record.scores) if isinstance(record, RankedList) else [1.0, 0.0],
+            "sampler_reference": [float(logp) for _, logp in recorded] if exact else None,
         })
     return examples
 
@@ -118,13 +164,34 @@ def collate(examples: list[dict], pad_token_id: int) -> dict:
         "group_size": group, "weights": torch.tensor([float(e["weight"]) for e in examples]),
         "scores": torch.tensor(scores), "sequence_mask": torch.tensor(sequence_mask),
         "index": torch.tensor([e["index"] for e in examples]),
+        **_shared_prompt_layout(rows, group, pad_token_id),
     }
 
 
-def sequence_logps(model, input_ids, attention_mask, completion_mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of the completion tokens of each row, and the completion lengths."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
-    labels = input_ids[:, 1:]
-    mask = completion_mask[:, 1:].to(logits.dtype)
-    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+def _shared_prompt_layout(rows: list[tuple[list[int], list[int]]], group: int, pad_token_id: int) -> dict:
+    """The same rows as distinct prompts (within each group of `group` rows) plus completions that point at theirs:
+    what `shared_prompt_logps` feeds the model, so a prompt goes through it once per group, not once per row."""
+    prompts, row_prompt = [], []
+    for start in range(0, len(rows), group):
+        seen: dict[tuple[int, ...], int] = {}
+        for prompt_ids, _ in rows[start:start + group]:
+            key = tuple(prompt_ids)
+            if key not in seen:
+                seen[key] = len(prompts)
+                prompts.append(prompt_ids)
+            row_prompt.append(seen[key])
+    prompt_width = max(map(len, prompts))
+    completion_width = max(len(c) for _, c in rows)
+    prompt_input = torch.full((len(prompts), prompt_width), pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros_like(prompt_input)
+    for row, ids in enumerate(prompts):
+        prompt_input[row, :len(ids)] = torch.tensor(ids)
+        prompt_mask[row, :len(ids)] = 1
+    completion_input = torch.full((len(rows), completion_width), pad_token_id, dtype=torch.long)
+    completion_attention = torch.zeros_like(completion_input)
+    for row, (_, ids) in enumerate(rows):
+        completion_input[row, :len(ids)] = torch.tensor(ids)
+        completion_attention[row, :len(ids)] = 1
+    return {"prompt_input_ids": prompt_input, "prompt_attention_mask": prompt_mask,
+            "completion_input_ids": completion_input, "completion_attention_mask": completion_attention,
+            "row_prompt": torch.tensor(row_prompt)}

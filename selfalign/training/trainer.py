@@ -26,7 +26,8 @@ from selfalign.io import records_sha256, write_json
 from selfalign.losses import LOSSES
 from selfalign.progress import progress_bar
 from selfalign.training.config import TrainConfig
-from selfalign.training.data import collate, read_preferences, sequence_logps, tokenize_records
+from selfalign.training.data import collate, read_preferences, tokenize_records
+from selfalign.training.forward import batch_logps
 from selfalign.training.objective import preference_loss
 
 log = logging.getLogger(__name__)
@@ -120,13 +121,16 @@ def reference_logps(model, unwrapped, examples: list[dict], cfg: TrainConfig, pa
     with disable:
         for start in range(0, len(examples), cfg.per_device_train_batch_size):
             chunk = examples[start:start + cfg.per_device_train_batch_size]
-            batch = collate(chunk, pad_id)
-            logps, _ = sequence_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                      batch["completion_mask"].to(device))
-            for row, e in enumerate(chunk):
-                out[e["index"]] = logps.view(len(chunk), -1)[row].cpu()
+            logps, _ = batch_logps(model, collate(chunk, pad_id), device, share_prompt(cfg))
+            for row, e in enumerate(chunk):  # only the example's own sequences (a short list is padded in a batch)
+                out[e["index"]] = logps.view(len(chunk), -1)[row, :len(e["sequences"])].cpu()
     model.train()
     return out
+
+
+def share_prompt(cfg: TrainConfig) -> bool:
+    """The shared-prompt forward needs the model's key/value cache, which gradient checkpointing turns off."""
+    return cfg.share_prompt_forward and not cfg.gradient_checkpointing
 
 
 def _latest_checkpoint(out_dir: Path) -> Path | None:
@@ -253,11 +257,19 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
                               num_training_steps=total_steps)
     # Prepared before any forward: under ZeRO-3 the parameters are partitioned from loading on.
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ref_model, ref_cache = None, None
+    ref_model, ref_cache, reference_counts = None, None, {}
     if LOSSES[cfg.loss_type].needs_reference:
-        if cfg.precompute_ref_log_probs:
-            ref_cache = reference_logps(model, accelerator.unwrap_model(model), examples, cfg, tokenizer.pad_token_id,
-                                        accelerator.device)
+        # The sampler's log-probs are the reference where they match the trainer's tokens; a pass before the first
+        # step (the weights are still the reference's) computes the rest.
+        recorded = {e["index"]: torch.tensor(e["sampler_reference"]) for e in examples
+                    if cfg.sampler_reference and e["sampler_reference"] is not None}
+        missing = [e for e in examples if e["index"] not in recorded]
+        reference_counts = {"from_sampler": len(recorded), "computed": len(missing)}
+        if recorded:
+            accelerator.print(f"reference log-probs: {len(recorded)} records from the sampler, {len(missing)} computed")
+        if cfg.precompute_ref_log_probs or recorded:
+            ref_cache = {**recorded, **(reference_logps(model, accelerator.unwrap_model(model), missing, cfg,
+                                                        tokenizer.pad_token_id, accelerator.device) if missing else {})}
         elif not hasattr(accelerator.unwrap_model(model), "disable_adapter"):
             if accelerator.state.deepspeed_plugin is not None:
                 raise TrainingError("a live reference with full finetuning is not supported under DeepSpeed: set "
@@ -290,9 +302,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
             batch = collate(chunk, tokenizer.pad_token_id)
             step_tokens += int(batch["attention_mask"].sum()) * world
             with accelerator.accumulate(model):
-                logps, lengths = sequence_logps(model, batch["input_ids"].to(accelerator.device),
-                                                batch["attention_mask"].to(accelerator.device),
-                                                batch["completion_mask"].to(accelerator.device))
+                logps, lengths = batch_logps(model, batch, accelerator.device, share_prompt(cfg))
                 group = batch["group_size"]
                 logps, lengths = logps.view(-1, group), lengths.view(-1, group)
                 ref = _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group)
@@ -329,7 +339,7 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     summary = _save_final(accelerator, model, tokenizer, cfg, out_dir)
     summary.update(steps=step, seconds=seconds, world_size=world, records=len(records),
                    tokens=sum(m["tokens"] for m in history), peak_memory_gb=peak_memory_gb(),
-                   final_metrics=history[-1] if history else {})
+                   final_metrics=history[-1] if history else {}, reference=reference_counts)
     if cfg.record_rank_checksums:
         write_json(out_dir / f"rank-{rank}-checksum.json", {"rank": rank, "world_size": world,
                                                             "sha256": _weights_checksum(accelerator.unwrap_model(model))})
@@ -343,15 +353,17 @@ def _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group):
     if not LOSSES[cfg.loss_type].needs_reference:
         return None
     if ref_cache is not None:
-        return torch.stack([ref_cache[int(i)] for i in batch["index"]]).to(accelerator.device)
+        rows = [ref_cache[int(i)] for i in batch["index"]]
+        ref = torch.zeros(len(rows), group)  # a list shorter than the batch's widest stays padded (and masked)
+        for row, values in enumerate(rows):
+            ref[row, :len(values)] = values
+        return ref.to(accelerator.device)
     with torch.no_grad():
-        inputs = (batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device),
-                  batch["completion_mask"].to(accelerator.device))
         if ref_model is not None:
-            ref, _ = sequence_logps(ref_model, *inputs)
+            ref, _ = batch_logps(ref_model, batch, accelerator.device, share_prompt(cfg))
         else:
             with accelerator.unwrap_model(model).disable_adapter():
-                ref, _ = sequence_logps(model, *inputs)
+                ref, _ = batch_logps(model, batch, accelerator.device, share_prompt(cfg))
     return ref.view(-1, group)
 
 

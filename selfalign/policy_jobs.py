@@ -1,0 +1,126 @@
+"""Several generation jobs on one policy, from one engine: `selfalign policy-jobs --jobs FILE`.
+
+The loop's evaluation of policy t+1 (ending iteration t) and its sampling for iteration t+1 use the same weights, so
+they share one engine: a vLLM engine start is half a minute to over a minute on CPU, the largest fixed cost of a
+stage. Each job still writes its own output atomically and, after it, a marker (`OUT.job.json`) holding the job's
+fingerprint; a job whose marker matches is skipped, so a kill between jobs loses only the unfinished one. The engine
+loads only when some job is left to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfalign.evaluation.heldout import HeldoutConfig
+from selfalign.generation import GenerationConfig
+from selfalign.io import write_json, write_jsonl
+
+
+class GenerateJob(BaseModel):
+    """Sample `config.n` completions per prompt of `prompts` into `out` (the generate stage)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["generate"] = "generate"
+    config: GenerationConfig
+    prompts: str
+    out: str
+
+
+class HeldoutJob(BaseModel):
+    """Held-out accuracy of the policy into `out` (the evaluate stage)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["eval-heldout"] = "eval-heldout"
+    config: HeldoutConfig
+    seed: int = 0
+    out: str
+
+
+Job = Annotated[Union[GenerateJob, HeldoutJob], Field(discriminator="kind")]
+
+
+class PolicyJobs(BaseModel):
+    """The jobs of one policy, in order, and how to start its engine."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    engine: Literal["hf", "vllm", "auto"] = "auto"
+    seed: int = Field(0, description="the engine's seed (vLLM seeds the engine, not each request)")
+    jobs: list[Job]
+
+
+def fingerprint(job: GenerateJob | HeldoutJob, model: str) -> str:
+    """What a job's output depends on: the job's settings, the policy and the input prompts' content."""
+    digest = hashlib.sha256(json.dumps({"job": job.model_dump(mode="json"), "model": model}, sort_keys=True).encode())
+    source = Path(job.prompts if isinstance(job, GenerateJob) else job.config.data)
+    if source.exists():
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def marker_path(job: GenerateJob | HeldoutJob) -> Path:
+    return Path(job.out + ".job.json")
+
+
+def finished(job: GenerateJob | HeldoutJob, model: str) -> dict | None:
+    """The job's marker when its output is complete and from these settings, else None."""
+    marker = marker_path(job)
+    if not (marker.exists() and Path(job.out).exists()):
+        return None
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return info if info.get("fingerprint") == fingerprint(job, model) else None
+
+
+def run_jobs(spec: PolicyJobs, console=None) -> list[dict]:
+    """Run every unfinished job on one engine; returns each job's marker (its counts and seconds)."""
+    from selfalign.generation import get_engine
+
+    todo = [job for job in spec.jobs if finished(job, spec.model) is None]
+    engine, load_seconds = None, 0.0
+    if todo:
+        started = time.perf_counter()
+        engine = get_engine(spec.engine, spec.model, seed=spec.seed)
+        load_seconds = time.perf_counter() - started
+        if console:
+            console.print(f"{engine.name} engine for {spec.model} ready in {load_seconds:.1f}s; {len(todo)} job(s)")
+    try:
+        for job in todo:
+            started = time.perf_counter()
+            info = _run_one(engine, job, spec.model)
+            info.update(fingerprint=fingerprint(job, spec.model), seconds=round(time.perf_counter() - started, 1),
+                        engine=engine.name, engine_load_seconds=round(load_seconds, 1))
+            write_json(marker_path(job), info)  # after the output: a marker always means a complete output
+            if console:
+                console.print(f"{job.kind} -> {job.out}: {info}")
+    finally:
+        if engine is not None:
+            engine.close()
+    return [finished(job, spec.model) for job in spec.jobs]
+
+
+def _run_one(engine, job: GenerateJob | HeldoutJob, model: str) -> dict:
+    from selfalign.io import read_jsonl, require_records
+    from selfalign.records import PromptRecord
+
+    if isinstance(job, GenerateJob):
+        from selfalign.generation import prompt_ids
+
+        records = require_records(read_jsonl(job.prompts, PromptRecord), job.prompts, "prompts")
+        prompt_ids(records, job.prompts)
+        samples = engine.generate(records, job.config.sampling(), progress=True)
+        write_jsonl(job.out, samples)
+        return {"prompts": len(records), "samples": len(samples), "tokens": sum(s.num_tokens for s in samples)}
+    from selfalign.evaluation.heldout import evaluate_heldout
+
+    result = evaluate_heldout(engine, read_jsonl(job.config.data, PromptRecord), job.config, seed=job.seed)
+    write_json(job.out, {"model": model, "engine": engine.name, **result})
+    return {"prompts": result["num_prompts"]}
