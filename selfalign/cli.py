@@ -113,16 +113,26 @@ def generate(
 
 
 @app.command("policy-jobs")
-def policy_jobs(jobs: Path = typer.Option(..., help="YAML/JSON: model, engine, seed and a list of generate / "
-                                          "eval-heldout jobs")) -> None:
+def policy_jobs(jobs: Optional[Path] = typer.Option(None, help="YAML/JSON: model, engine, seed and a list of "
+                                                    "generate / eval-heldout jobs"),
+                serve: bool = typer.Option(False, "--serve", help="keep one engine and run the job files named on "
+                                           "stdin, one JSON line each (how `selfalign run` keeps its engine)")) -> None:
     """Several generation jobs on one engine (the loop's evaluation of a policy and its next sampling); each output is
     written atomically and skipped on rerun when done."""
+    import sys
+
+    from pydantic import ValidationError
+
     from selfalign.cli_utils import read_mapping
     from selfalign.errors import ConfigError
     from selfalign.policy_jobs import PolicyJobs, run_jobs
 
-    from pydantic import ValidationError
+    if serve:
+        from selfalign.policy_jobs import serve as serve_jobs
 
+        return serve_jobs(sys.stdin, console)
+    if jobs is None:
+        raise ConfigError("policy-jobs needs --jobs FILE (or --serve)")
     try:
         spec = PolicyJobs.model_validate(read_mapping(jobs))
     except ValidationError as e:

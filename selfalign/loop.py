@@ -126,27 +126,85 @@ def heldout_job(recipe: Recipe, it_dir: Path):
     return HeldoutJob(config=recipe.eval, seed=recipe.seed, out=str(it_dir / "eval.json"))
 
 
-def run_policy_jobs(policy: str, jobs: list, seed: int, engine: str, it_dir: Path, name: str, manifest: Manifest,
-                    display: RunDisplay | None = None) -> list[dict]:
-    """Run jobs on one engine in a subprocess (`selfalign policy-jobs`), unless every one is already done."""
-    from selfalign.policy_jobs import PolicyJobs, finished
+class PolicyEngine:
+    """Where the loop's sampling and evaluation jobs run: one `selfalign policy-jobs` subprocess per call (its engine
+    starts each time), or with `keep`, one engine server for the whole run that loads each new policy's weights in
+    place. Jobs already done are skipped without starting anything."""
 
-    spec = PolicyJobs(model=policy, engine=engine, seed=seed, jobs=jobs)
-    if any(finished(job, policy) is None for job in jobs):
-        config_path = it_dir / "config" / f"{name}.yaml"
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        manifest.data["engine_starts"] = manifest.data.get("engine_starts", 0) + 1
-        manifest.save()
-        _run(CLI + ["policy-jobs", "--jobs", str(config_path)], it_dir / "logs" / f"{name}.log", display)
-    return [finished(job, policy) for job in jobs]
+    def __init__(self, run_dir: Path, manifest: Manifest, keep: bool):
+        self.run_dir, self.manifest, self.keep = run_dir, manifest, keep
+        self.server: subprocess.Popen | None = None
+
+    def run(self, policy: str, jobs: list, seed: int, engine: str, it_dir: Path, name: str,
+            display: RunDisplay | None = None) -> list[dict]:
+        from selfalign.policy_jobs import PolicyJobs, finished
+
+        spec = PolicyJobs(model=policy, engine=engine, seed=seed, jobs=jobs)
+        if any(finished(job, policy) is None for job in jobs):
+            config_path = it_dir / "config" / f"{name}.yaml"
+            config_path.parent.mkdir(parents=True, exist_ok=True)
+            config_path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+            log_path = it_dir / "logs" / f"{name}.log"
+            if self.keep:
+                self._serve(config_path, log_path, display)
+            else:
+                self._count_start()
+                _run(CLI + ["policy-jobs", "--jobs", str(config_path)], log_path, display)
+        return [finished(job, policy) for job in jobs]
+
+    def _count_start(self) -> None:
+        self.manifest.data["engine_starts"] = self.manifest.data.get("engine_starts", 0) + 1
+        self.manifest.save()
+
+    def _serve(self, config_path: Path, log_path: Path, display: RunDisplay | None) -> None:
+        server_log = self.run_dir / "logs" / "engine.log"
+        if self.server is None or self.server.poll() is not None:
+            server_log.parent.mkdir(parents=True, exist_ok=True)
+            self._count_start()
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.server = subprocess.Popen(CLI + ["policy-jobs", "--serve"], stdin=subprocess.PIPE, text=True,
+                                           stdout=open(server_log, "a"), stderr=subprocess.STDOUT, env=env)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as log:
+            log.write(f"\n{config_path}: run by the run's engine server, whose log is {server_log}\n")
+        result_path = Path(str(config_path) + ".result.json")
+        progress_path = log_path.with_suffix(".progress.json")
+        result_path.unlink(missing_ok=True)
+        progress_path.unlink(missing_ok=True)
+        self.server.stdin.write(json.dumps({"jobs": str(config_path), "progress": str(progress_path)}) + "\n")
+        self.server.stdin.flush()
+        while not result_path.exists():
+            if self.server.poll() is not None:
+                raise StageError(f"the engine server exited (code {self.server.returncode}) while running "
+                                 f"{config_path}\nlog {server_log}:\n{_tail(server_log)}")
+            if display is not None:
+                display.update(read_progress(progress_path))
+            time.sleep(0.5)
+        result = json.loads(result_path.read_text())
+        if not result["ok"]:
+            raise StageError(f"{config_path}: {result['error']}\nlog {server_log}:\n{_tail(server_log)}")
+
+    def close(self) -> None:
+        """End the server: closing its input ends its loop, which closes the engine."""
+        if self.server is None:
+            return
+        try:
+            self.server.stdin.close()
+            self.server.wait(timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            self.server.kill()
+        self.server = None
 
 
-def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, manifest: Manifest,
+def _tail(path: Path, lines: int = 25) -> str:
+    return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:]) if path.exists() else ""
+
+
+def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, engines: PolicyEngine,
                    display: RunDisplay | None = None) -> dict:
     job = generate_job(recipe, it_dir, iteration)
-    [marker] = run_policy_jobs(policy_of(run_dir, recipe, iteration), [job], job.config.seed, job.config.engine, it_dir,
-                               "generate", manifest, display)
+    [marker] = engines.run(policy_of(run_dir, recipe, iteration), [job], job.config.seed, job.config.engine, it_dir,
+                           "generate", display)
     return {"prompts": marker["prompts"], "samples": marker["samples"], "engine_seconds": marker["seconds"]}
 
 
@@ -205,7 +263,7 @@ def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, ma
     return {"max_logit_diff": result["max_logit_diff"]}
 
 
-def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, manifest: Manifest,
+def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, engines: PolicyEngine,
                    display: RunDisplay | None = None, sample_next: bool = False) -> dict:
     """Evaluate policy t+1; with `sample_next`, the same engine then samples iteration t+1's data (its generate
     stage finds the samples done)."""
@@ -214,8 +272,8 @@ def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, 
     if sample_next:
         jobs.append(generate_job(recipe, run_dir / f"iter_{iteration + 1:02d}", iteration + 1))
         seed = jobs[1].config.seed
-    markers = run_policy_jobs(policy_of(run_dir, recipe, iteration + 1), jobs, seed, recipe.generation.engine, it_dir,
-                              "evaluate", manifest, display)
+    markers = engines.run(policy_of(run_dir, recipe, iteration + 1), jobs, seed, recipe.generation.engine, it_dir,
+                          "evaluate", display)
     result = json.loads((it_dir / "eval.json").read_text())
     info = {k: v for k, v in result.items() if not isinstance(v, list)}
     if sample_next:
@@ -298,31 +356,45 @@ def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Pa
     manifest.data.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
     manifest.save()
 
-    if recipe.eval is not None:  # iteration 0: the base policy's numbers, to measure gains against
-        _do(manifest, display, 0, "evaluate",
-            lambda: stage_evaluate(recipe, run_dir, run_dir / "iter_00", 0, manifest, display,
-                                   sample_next=_sample_next(manifest, 0, last)))
-    for iteration in range(1, last + 1):
-        it_dir = run_dir / f"iter_{iteration:02d}"
-        steps = {
-            "generate": lambda: stage_generate(recipe, run_dir, it_dir, iteration, manifest, display),
-            "judge": lambda: stage_judge(recipe, run_dir, it_dir, iteration, display),
-            "filter": lambda: stage_filter(recipe, run_dir, it_dir, iteration),
-            "train": lambda: stage_train(recipe, run_dir, it_dir, iteration, display),
-            "export": lambda: stage_export(recipe, run_dir, it_dir, iteration, manifest),
-            "evaluate": lambda: (stage_evaluate(recipe, run_dir, it_dir, iteration, manifest, display,
-                                                sample_next=_sample_next(manifest, iteration, last))
-                                 if recipe.eval else {"skipped": True}),
-        }
-        for stage in STAGES:
-            _do(manifest, display, iteration, stage, steps[stage])
-            if until == stage and iteration == last:
-                return run_dir
-        if on_iteration is not None:
-            on_iteration(run_dir, manifest)
-    manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    manifest.save()
-    return run_dir
+    engines = PolicyEngine(run_dir, manifest, keep=keep_engine(recipe))
+    try:
+        if recipe.eval is not None:  # iteration 0: the base policy's numbers, to measure gains against
+            _do(manifest, display, 0, "evaluate",
+                lambda: stage_evaluate(recipe, run_dir, run_dir / "iter_00", 0, engines, display,
+                                       sample_next=_sample_next(manifest, 0, last)))
+        for iteration in range(1, last + 1):
+            it_dir = run_dir / f"iter_{iteration:02d}"
+            steps = {
+                "generate": lambda: stage_generate(recipe, run_dir, it_dir, iteration, engines, display),
+                "judge": lambda: stage_judge(recipe, run_dir, it_dir, iteration, display),
+                "filter": lambda: stage_filter(recipe, run_dir, it_dir, iteration),
+                "train": lambda: stage_train(recipe, run_dir, it_dir, iteration, display),
+                "export": lambda: stage_export(recipe, run_dir, it_dir, iteration, manifest),
+                "evaluate": lambda: (stage_evaluate(recipe, run_dir, it_dir, iteration, engines, display,
+                                                    sample_next=_sample_next(manifest, iteration, last))
+                                     if recipe.eval else {"skipped": True}),
+            }
+            for stage in STAGES:
+                _do(manifest, display, iteration, stage, steps[stage])
+                if until == stage and iteration == last:
+                    return run_dir
+            if on_iteration is not None:
+                on_iteration(run_dir, manifest)
+        manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        manifest.save()
+        return run_dir
+    finally:
+        engines.close()
+
+
+def keep_engine(recipe: Recipe) -> bool:
+    """One engine for the whole run: the recipe's `keep_engine`, else on CPU yes, on a GPU no (there the idle
+    engine would hold the memory the trainer needs)."""
+    if recipe.keep_engine is not None:
+        return recipe.keep_engine
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def _sample_next(manifest: Manifest, iteration: int, last: int) -> bool:

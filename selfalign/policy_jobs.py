@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Literal, Union
@@ -80,18 +81,22 @@ def finished(job: GenerateJob | HeldoutJob, model: str) -> dict | None:
     return info if info.get("fingerprint") == fingerprint(job, model) else None
 
 
-def run_jobs(spec: PolicyJobs, console=None) -> list[dict]:
-    """Run every unfinished job on one engine; returns each job's marker (its counts and seconds)."""
+def run_jobs(spec: PolicyJobs, console=None, engine=None) -> list[dict]:
+    """Run every unfinished job on one engine (this one, switched to the spec's policy, or a new one that is closed
+    after); returns each job's marker (its counts and seconds)."""
     from selfalign.generation import get_engine
 
     todo = [job for job in spec.jobs if finished(job, spec.model) is None]
-    engine, load_seconds = None, 0.0
+    own, load_seconds = engine is None, 0.0
     if todo:
         started = time.perf_counter()
-        engine = get_engine(spec.engine, spec.model, seed=spec.seed)
+        if engine is None:
+            engine = get_engine(spec.engine, spec.model, seed=spec.seed)
+        else:
+            engine.load_policy(spec.model)
         load_seconds = time.perf_counter() - started
         if console:
-            console.print(f"{engine.name} engine for {spec.model} ready in {load_seconds:.1f}s; {len(todo)} job(s)")
+            console.print(f"{engine.name} engine on {spec.model} ready in {load_seconds:.1f}s; {len(todo)} job(s)")
     try:
         for job in todo:
             started = time.perf_counter()
@@ -102,9 +107,45 @@ def run_jobs(spec: PolicyJobs, console=None) -> list[dict]:
             if console:
                 console.print(f"{job.kind} -> {job.out}: {info}")
     finally:
-        if engine is not None:
+        if own and engine is not None:
             engine.close()
     return [finished(job, spec.model) for job in spec.jobs]
+
+
+def serve(requests, console) -> None:
+    """`selfalign policy-jobs --serve`: one engine for a whole run. Each line of `requests` (the loop writes them to
+    stdin) is {"jobs": FILE, "progress": FILE}; the jobs run on the engine, switched to their policy in place, and
+    FILE.result.json says {"ok": true} or {"ok": false, "error": ...}. Ends at the end of input (the loop closed it,
+    or died)."""
+    import traceback
+
+    from selfalign.cli_utils import read_mapping
+    from selfalign.generation import get_engine
+    from selfalign.progress import PROGRESS_ENV
+
+    engine, kind = None, None
+    try:
+        for line in requests:
+            if not line.strip():
+                continue
+            request = json.loads(line)
+            jobs_path = Path(request["jobs"])
+            try:
+                spec = PolicyJobs.model_validate(read_mapping(jobs_path))
+                os.environ[PROGRESS_ENV] = request.get("progress", "")
+                if engine is None and any(finished(job, spec.model) is None for job in spec.jobs):
+                    engine, kind = get_engine(spec.engine, spec.model, seed=spec.seed), spec.engine
+                elif engine is not None and spec.engine != kind:
+                    raise ValueError(f"this engine server runs engine {kind!r}, not {spec.engine!r}")
+                run_jobs(spec, console, engine=engine)
+                result = {"ok": True}
+            except Exception as e:  # reported to the loop, which stops the run; the server may serve a rerun
+                traceback.print_exc()
+                result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            write_json(Path(str(jobs_path) + ".result.json"), result)
+    finally:
+        if engine is not None:
+            engine.close()
 
 
 def _run_one(engine, job: GenerateJob | HeldoutJob, model: str) -> dict:

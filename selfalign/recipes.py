@@ -39,6 +39,9 @@ class Recipe(BaseModel):
                                "policy is the recipe's `model`, then each iteration's export")
     eval: HeldoutConfig | None = None
     export_dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
+    keep_engine: bool | None = Field(None, description="one generation engine for the whole run, loading each "
+                                     "policy's weights in place; unset: yes on CPU, no on a GPU (the trainer needs "
+                                     "the memory an idle engine holds)")
 
     @model_validator(mode="after")
     def _consistent(self):

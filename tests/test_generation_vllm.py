@@ -60,3 +60,31 @@ def test_auto_picks_vllm_when_installed():
     from selfalign.generation import vllm_available
 
     assert vllm_available()  # `auto` resolves to vllm here; building a second engine would cost another minute
+
+
+def test_vllm_engine_switches_policy_in_place(vllm_engine, tmp_path):
+    """The loop's kept engine: another checkpoint's weights loaded into the running engine (no restart) decode as a
+    fresh engine on that checkpoint would (the transformers engine is the reference)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from selfalign.models import load_tokenizer, resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("default"), dtype=torch.float32)
+    with torch.no_grad():
+        for layer in model.model.layers[-4:]:
+            layer.mlp.down_proj.weight.mul_(1.3)
+    model.save_pretrained(tmp_path)
+    load_tokenizer("default").save_pretrained(tmp_path)
+    settings = SamplingSettings(temperature=0.0, max_new_tokens=24, logprobs=True)
+    before = vllm_engine.generate(PROMPTS, settings)
+    try:
+        vllm_engine.load_policy(str(tmp_path))
+        after = vllm_engine.generate(PROMPTS, settings)
+    finally:
+        vllm_engine.load_policy("default")
+    hf = get_engine("hf", str(tmp_path)).generate(PROMPTS, settings)
+    assert [s.text for s in after] == [s.text for s in hf]
+    assert all(abs(a.logprob - h.logprob) < 2e-3 for a, h in zip(after, hf))
+    assert any(abs(a.logprob - b.logprob) > 1e-2 for a, b in zip(after, before)), "the weights did change"
+    assert [s.text for s in vllm_engine.generate(PROMPTS, settings)] == [s.text for s in before]  # and back

@@ -85,14 +85,15 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     assert (run_dir / "report.md").exists() and (run_dir / "metrics.png").stat().st_size > 1000
     merged_card = (run_dir / "iter_02" / "merged" / "README.md").read_text()
     assert "tiny" in merged_card and "scpo" in merged_card
-    # One engine per policy: policy 2 (iteration 1's merged export) was evaluated and sampled iteration 2's data on
-    # one engine, so a 2-iteration run starts 3 engines, not 5; and the sampler's log-probs were the reference.
+    # Policy 2 (iteration 1's merged export) was evaluated and sampled iteration 2's data in one request to the run's
+    # kept engine, which switched policies in place; and the sampler's log-probs were the reference.
     shared = yaml.safe_load((run_dir / "iter_01" / "config" / "evaluate.yaml").read_text())
     assert shared["model"] == str(run_dir / "iter_01" / "merged")
     assert [job["out"] for job in shared["jobs"]] == [str(run_dir / "iter_01" / "eval.json"),
                                                     str(run_dir / "iter_02" / "samples.jsonl")]
     assert not (run_dir / "iter_02" / "logs" / "generate.log").exists()
-    assert manifest["engine_starts"] == 3
+    assert manifest["engine_starts"] == 2, "one kept engine per `selfalign run` process (the kill ended the first)"
+    assert "run by the run's engine server" in (run_dir / "iter_01" / "logs" / "evaluate.log").read_text()
     for iteration in ("1", "2"):
         reference = manifest["iterations"][iteration]["stages"]["train"]["reference"]
         assert reference["from_sampler"] > 0 and reference["from_sampler"] + reference["computed"] > 0

@@ -61,6 +61,10 @@ class Engine(Protocol):
     def generate(self, prompts: list[PromptRecord], settings: SamplingSettings, progress: bool = False) -> list[Sample]:
         ...
 
+    def load_policy(self, model: str) -> None:
+        """Serve another checkpoint of the same model family without a restart."""
+        ...
+
     def close(self) -> None:
         ...
 

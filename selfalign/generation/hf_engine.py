@@ -21,6 +21,7 @@ class HFEngine:
         """
         self.tokenizer = tokenizer or load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.model = model_obj if model_obj is not None else load_model(model, device, dtype, trust_remote_code)
+        self.model_name, self._load_args = model, (device, dtype, trust_remote_code)
         self.max_batch_tokens = max_batch_tokens
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
 
@@ -105,6 +106,12 @@ class HFEngine:
         ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         ids.add(self.tokenizer.eos_token_id)
         return sorted(i for i in ids if i is not None)
+
+    def load_policy(self, model: str) -> None:
+        """Serve another checkpoint (same tokenizer): the model is loaded anew (seconds, for transformers)."""
+        if model != self.model_name:
+            self.model = load_model(model, *self._load_args)
+            self.model_name = model
 
     def close(self) -> None:
         self.model = None

