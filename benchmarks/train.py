@@ -1,7 +1,10 @@
 """Our DPO trainer against TRL's DPOTrainer in one run: same model, pairs, LoRA settings, batch and steps.
 Prints pairs/s, tokens/s and peak memory for both, the ratios, and the losses each reached.
 
-    python benchmarks/train.py [--steps 8 --batch 4 --pairs 32]
+    python benchmarks/train.py [--steps 8 --batch 4 --pairs 32] [--sampled] [--trl-defaults]
+
+`--sampled` trains on pairs the model sampled, carrying the sampler's log-probs, as the loop does: our trainer takes
+its reference from them; TRL (which reads prompt/chosen/rejected only) runs its reference pass.
 
 Each trainer runs in its own subprocess so that its peak memory (RSS on CPU, allocated on GPU) is its own.
 """
@@ -29,6 +32,20 @@ def make_pairs(n):
     return pairs
 
 
+def sample_pairs(n, model):
+    """Pairs as the loop builds them: two samples of the policy per prompt, with the token ids and log-probs the
+    sampler recorded (so our trainer takes its reference from them; TRL computes its own)."""
+    from selfalign.generation import SamplingSettings, get_engine
+    from selfalign.pairs import _make_pair
+    from selfalign.records import PromptRecord, ScoredSample, group_by_prompt
+
+    prompts = [PromptRecord(id=p.prompt_id, messages=p.prompt) for p in make_pairs(n)]
+    samples = get_engine("hf", model).generate(prompts, SamplingSettings(n=2, temperature=0.7, max_new_tokens=96,
+                                                                         logprobs=True, seed=0))
+    return [_make_pair(group[0], group[1], 1.0, 1.0, 0.0)
+            for group in group_by_prompt(ScoredSample(**s.model_dump()) for s in samples).values()]
+
+
 def run_ours(args, pairs_path, out):
     from selfalign.training.config import TrainConfig
     from selfalign.training.trainer import train
@@ -40,7 +57,7 @@ def run_ours(args, pairs_path, out):
     start = time.perf_counter()
     summary = train(cfg, pairs_path, out)
     losses = [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return time.perf_counter() - start, losses
+    return time.perf_counter() - start, losses, {"reference": summary["reference"]}
 
 
 def run_trl(args, pairs_path, out):
@@ -69,7 +86,7 @@ def run_trl(args, pairs_path, out):
                          processing_class=AutoTokenizer.from_pretrained(path), peft_config=lora)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return time.perf_counter() - start, losses
+    return time.perf_counter() - start, losses, {}
 
 
 def child(args):
@@ -77,9 +94,9 @@ def child(args):
 
     from selfalign.training.trainer import peak_memory_gb
 
-    seconds, losses = (run_ours if args.which == "ours" else run_trl)(args, args.pairs_path, args.out)
+    seconds, losses, extra = (run_ours if args.which == "ours" else run_trl)(args, args.pairs_path, args.out)
     print("RESULT " + json.dumps({"seconds": seconds, "losses": losses, "peak_memory_gb": peak_memory_gb(),
-                                  "device": "cuda" if torch.cuda.is_available() else "cpu"}))
+                                  "device": "cuda" if torch.cuda.is_available() else "cpu", **extra}))
 
 
 def main():
@@ -91,6 +108,9 @@ def main():
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--trl-defaults", action="store_true",
                         help="both trainers with TRL's defaults: bf16 autocast and gradient checkpointing")
+    parser.add_argument("--sampled", action="store_true",
+                        help="train on pairs sampled from the model with recorded log-probs, as in the loop (our "
+                        "reference comes from the sampler; TRL computes its own)")
     parser.add_argument("--which", choices=["ours", "trl"])
     parser.add_argument("--pairs-path")
     parser.add_argument("--out")
@@ -107,7 +127,7 @@ def main():
     from selfalign.training.data import tokenize_records
 
     tmp = Path(tempfile.mkdtemp(prefix="selfalign-bench-"))
-    pairs = make_pairs(args.pairs)
+    pairs = sample_pairs(args.pairs, args.model) if args.sampled else make_pairs(args.pairs)
     write_jsonl(tmp / "pairs.jsonl", pairs)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     tokens_per_pair = sum(len(p) + len(c) for e in tokenize_records(tokenizer, pairs, "dpo", 256, 256)
@@ -127,9 +147,10 @@ def main():
         r["tokens_per_s"] = pairs_seen * tokens_per_pair / r["seconds"]
         results[which] = r
         print(f"{which:>5}: {r['seconds']:6.1f} s wall, {r['pairs_per_s']:.2f} pairs/s, {r['tokens_per_s']:.1f} tokens/s, "
-              f"peak {r['peak_memory_gb']:.2f} GB, loss first {r['losses'][0]:.4f} last {r['losses'][-1]:.4f}")
+              f"peak {r['peak_memory_gb']:.2f} GB, loss first {r['losses'][0]:.4f} last {r['losses'][-1]:.4f}"
+              + (f", reference {r['reference']}" if "reference" in r else ""))
     ours, trl = results["ours"], results["trl"]
-    print(f"pairs/s ours/TRL: {ours['pairs_per_s'] / trl['pairs_per_s']:.2f}x (follow-up target 1.5x)")
+    print(f"pairs/s ours/TRL: {ours['pairs_per_s'] / trl['pairs_per_s']:.2f}x (target 1.5x)")
     print(f"peak memory ours/TRL: {ours['peak_memory_gb'] / trl['peak_memory_gb']:.2f}x")
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     print(f"mean loss over the last half: ours {mean(ours['losses'][len(ours['losses']) // 2:]):.4f}, "

@@ -182,11 +182,13 @@ def _shared_prompt_layout(rows: list[tuple[list[int], list[int]]], group: int, p
             row_prompt.append(seen[key])
     prompt_width = max(map(len, prompts))
     completion_width = max(len(c) for _, c in rows)
+    # Prompts are left-padded: every prompt's last token is in the last column, the one position whose logits
+    # (the first completion token's) the prompt forward computes.
     prompt_input = torch.full((len(prompts), prompt_width), pad_token_id, dtype=torch.long)
     prompt_mask = torch.zeros_like(prompt_input)
     for row, ids in enumerate(prompts):
-        prompt_input[row, :len(ids)] = torch.tensor(ids)
-        prompt_mask[row, :len(ids)] = 1
+        prompt_input[row, prompt_width - len(ids):] = torch.tensor(ids)
+        prompt_mask[row, prompt_width - len(ids):] = 1
     completion_input = torch.full((len(rows), completion_width), pad_token_id, dtype=torch.long)
     completion_attention = torch.zeros_like(completion_input)
     for row, (_, ids) in enumerate(rows):

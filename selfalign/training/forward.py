@@ -30,19 +30,22 @@ def shared_prompt_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch
     completion_mask = batch["completion_attention_mask"].to(device)
     row_prompt = batch["row_prompt"].to(device)
 
-    prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    # Prompts are left-padded (positions count real tokens only): the last column is every prompt's last token,
+    # and only its logits are computed, the first completion token's. The full-vocabulary logits of prompt tokens,
+    # which the plain path computes and masks out, are a large part of a small model's step.
+    prompt_lengths = prompt_mask.sum(-1)
+    prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+                       use_cache=True, logits_to_keep=1)
     cache = prompt_out.past_key_values
     if cache is None:
         return None
-    prompt_lengths = prompt_mask.sum(-1)
-    # The first completion token is predicted at the prompt's last real position (prompts are right-padded).
-    last_logits = prompt_out.logits[torch.arange(len(prompt_ids), device=device), prompt_lengths - 1]
     cache.reorder_cache(row_prompt)  # one cache row per completion row (a gather: the graph is kept)
     positions = prompt_lengths[row_prompt, None] + torch.arange(completion_ids.shape[1], device=device)
     attention = torch.cat([prompt_mask[row_prompt], completion_mask], dim=1)  # the prompts' padding stays masked
     logits = model(input_ids=completion_ids, attention_mask=attention, position_ids=positions,
                    past_key_values=cache, use_cache=True).logits
-    logits = torch.cat([last_logits[row_prompt, None], logits[:, :-1]], dim=1).float()
+    logits = torch.cat([prompt_out.logits[row_prompt, -1:], logits[:, :-1]], dim=1).float()
     mask = completion_mask.to(logits.dtype)
     token_logps = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return (token_logps * mask).sum(-1), mask.sum(-1)
