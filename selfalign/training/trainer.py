@@ -160,6 +160,13 @@ def peak_memory_gb() -> float:
     """Peak GPU memory allocated by this process, or on CPU its peak resident set size."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
+    try:  # this process's own high-water mark (getrusage's ru_maxrss survives exec: a child reports its parent's)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # KiB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
