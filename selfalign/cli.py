@@ -121,9 +121,6 @@ def policy_jobs(jobs: Optional[Path] = typer.Option(None, help="YAML/JSON: model
     written atomically and skipped on rerun when done."""
     import sys
 
-    from pydantic import ValidationError
-
-    from selfalign.cli_utils import read_mapping
     from selfalign.errors import ConfigError
     from selfalign.policy_jobs import PolicyJobs, run_jobs
 
@@ -133,11 +130,7 @@ def policy_jobs(jobs: Optional[Path] = typer.Option(None, help="YAML/JSON: model
         return serve_jobs(sys.stdin, console)
     if jobs is None:
         raise ConfigError("policy-jobs needs --jobs FILE (or --serve)")
-    try:
-        spec = PolicyJobs.model_validate(read_mapping(jobs))
-    except ValidationError as e:
-        raise ConfigError(f"{jobs}: {e}") from None
-    run_jobs(spec, console)
+    run_jobs(load_config(PolicyJobs, jobs, {}), console)
 
 
 @app.command()

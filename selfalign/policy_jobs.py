@@ -119,7 +119,7 @@ def serve(requests, console) -> None:
     or died)."""
     import traceback
 
-    from selfalign.cli_utils import read_mapping
+    from selfalign.cli_utils import load_config
     from selfalign.generation import get_engine
     from selfalign.progress import PROGRESS_ENV
 
@@ -131,7 +131,7 @@ def serve(requests, console) -> None:
             request = json.loads(line)
             jobs_path = Path(request["jobs"])
             try:
-                spec = PolicyJobs.model_validate(read_mapping(jobs_path))
+                spec = load_config(PolicyJobs, jobs_path, {})  # a bad file: its path and field in the error
                 os.environ[PROGRESS_ENV] = request.get("progress", "")
                 if engine is None and any(finished(job, spec.model) is None for job in spec.jobs):
                     engine, kind = get_engine(spec.engine, spec.model, seed=spec.seed), spec.engine
