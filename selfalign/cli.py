@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selfalign.cli_utils import console, load_config, parse_set_options, setup_logging
-from selfalign.errors import SelfAlignError
+from selfalign.errors import ConfigError, SelfAlignError
 from selfalign.losses import LOSSES
 
 class _Commands(TyperGroup):
@@ -80,8 +80,14 @@ def generate(
                                                     "model's context (keeping the end) instead of refusing them"),
     limit: Optional[int] = typer.Option(None, help="only the first N prompts"),
     show: int = typer.Option(0, help="print a table of the first N samples"),
+    select: Optional[str] = typer.Option(None, help="mbr | self-verify: write one chosen sample per prompt to OUT "
+                                         "(all N go to OUT's .candidates.jsonl)"),
+    utility: Optional[str] = typer.Option(None, help="--select mbr: chrf | rouge-l | bleu | embedding | llm-judge  "
+                                          "[default: chrf]"),
+    mbr_references: Optional[int] = typer.Option(None, help="--select mbr: pseudo-references per sample  "
+                                                 "[default: 8]"),
 ) -> None:
-    """Sample N completions per prompt from a model."""
+    """Sample N completions per prompt from a model; with --select, keep one per prompt (MBR or self-verification)."""
     import time
 
     from selfalign.generation import GenerationConfig, get_engine, prompt_ids
@@ -93,12 +99,32 @@ def generate(
                                                  "record_logprobs": logprobs, "truncate_prompts": truncate_prompts})
     records = require_records(read_jsonl(prompts, PromptRecord)[:limit], prompts, "prompts")
     prompt_ids(records, str(prompts))  # duplicates fail here, before a model loads
+    selection = None
+    if select is not None or utility is not None or mbr_references is not None:
+        from selfalign.selection import SelectConfig
+
+        selection = load_config(SelectConfig, None, {"method": select, "utility": utility,
+                                                     "mbr_references": mbr_references})
+        if cfg.n < 2:
+            raise ConfigError(f"--select {selection.method} chooses among samples: give --n 2 or more")
     prepare_output(out)
     gen = get_engine(cfg.engine, model, seed=cfg.seed or 0)
     start = time.perf_counter()
     samples = gen.generate(records, cfg.sampling(), progress=True)
     seconds = time.perf_counter() - start
-    write_jsonl(out, samples)
+    if selection is None:
+        write_jsonl(out, samples)
+    else:
+        from selfalign.selection import make_selector
+
+        candidates = out.with_name(out.name.removesuffix(".jsonl") + ".candidates.jsonl")
+        write_jsonl(candidates, samples)
+        gen.close()  # frees the engine: self-verify's judge loads its own copy of the model
+        chooser, stats = make_selector(selection, model)
+        chosen = chooser(samples)
+        write_jsonl(out, chosen)
+        console.print(f"{selection.method}: one of {cfg.n} samples chosen per prompt -> {out} (all samples: "
+                      f"{candidates}){'; ' + str(dict(stats)) if stats else ''}")
     tokens = sum(s.num_tokens for s in samples)
     console.print(f"{len(samples)} samples for {len(records)} prompts with {gen.name}: {tokens} tokens in "
                   f"{seconds:.1f}s ({tokens / max(seconds, 1e-9):.1f} tokens/s) -> {out}")
@@ -138,8 +164,13 @@ def judge(
     samples: Path = typer.Option(..., help="samples JSONL from `selfalign generate`"),
     out: Path = typer.Option(..., help="scored samples JSONL (atomic; resumes from OUT.partial)"),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON with judge fields (a recipe's `judge:`)"),
-    scorer: Optional[str] = typer.Option(None, help="self-consistency | llm-judge | reward-model  "
+    scorer: Optional[str] = typer.Option(None, help="self-consistency | llm-judge | reward-model | mbr  "
                                          "[default: self-consistency]"),
+    utility: Optional[str] = typer.Option(None, help="mbr: chrf | rouge-l | bleu | embedding | llm-judge  "
+                                          "[default: chrf]"),
+    mbr_references: Optional[int] = typer.Option(None, help="mbr: pseudo-references per sample; cost grows as "
+                                                 "k x this  [default: 8]"),
+    embedding_model: Optional[str] = typer.Option(None, help="mbr --utility embedding: a sentence-embedding model"),
     judge_model: Optional[str] = typer.Option(None, help="llm-judge / reward-model: hub id, folder, or 'default'"),
     judge_base_url: Optional[str] = typer.Option(None, help="llm-judge: an OpenAI-compatible endpoint (.../v1)"),
     judge_api_key_env: Optional[str] = typer.Option(None, help="environment variable holding the API key  "
@@ -154,7 +185,7 @@ def judge(
                                                  "abstain  [default: stop]"),
     force: bool = typer.Option(False, help="discard OUT.partial left by a run on other samples or settings"),
 ) -> None:
-    """Score samples: self-consistency votes, an LLM judge, or a reward model."""
+    """Score samples: self-consistency votes, an LLM judge, a reward model, or MBR consensus."""
     from selfalign.io import read_jsonl
     from selfalign.judging.scorers import JudgeConfig, make_scorer
     from selfalign.io import prepare_output
@@ -164,7 +195,9 @@ def judge(
     cfg = load_config(JudgeConfig, config, {"scorer": scorer, "judge_model": judge_model,
                                             "judge_base_url": judge_base_url, "judge_api_key_env": judge_api_key_env,
                                             "mode": mode, "use_logprobs": use_logprobs, "concurrency": concurrency,
-                                            "judge_timeout": judge_timeout, "on_judge_error": on_judge_error})
+                                            "judge_timeout": judge_timeout, "on_judge_error": on_judge_error,
+                                            "utility": utility, "mbr_references": mbr_references,
+                                            "embedding_model": embedding_model})
     records = read_jsonl(samples, Sample)
     check_samples(records, samples)
     prepare_output(out)
@@ -179,15 +212,16 @@ def judge(
 @app.command("build-pairs")
 def build_pairs(
     scored: Path = typer.Option(..., help="scored samples JSONL from `selfalign judge`"),
-    out: Path = typer.Option(..., help="pairs (or ranked lists) JSONL, written atomically"),
+    out: Path = typer.Option(..., help="pairs (ranked lists, single completions) JSONL, written atomically"),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON with pair fields (a recipe's `pairs:`)"),
-    mode: Optional[str] = typer.Option(None, help="pairs | scpo | lists  [default: pairs]"),
+    mode: Optional[str] = typer.Option(None, help="pairs | scpo | lists | singles (KTO, DRO)  [default: pairs]"),
     min_margin: Optional[float] = None,
-    vote_threshold: Optional[int] = typer.Option(None, help="scpo: tau, least votes of the chosen answer"),
+    vote_threshold: Optional[int] = typer.Option(None, help="scpo, singles: tau, least votes of the top answer"),
     max_pairs_per_prompt: Optional[int] = None,
     max_length_ratio: Optional[float] = typer.Option(None, help="drop pairs whose chosen is this many times longer"),
 ) -> None:
-    """Build preference pairs or ranked lists from scored samples, with a report of what was dropped and why."""
+    """Build preference pairs, ranked lists or single labeled completions from scored samples, with a report of what
+    was dropped and why."""
     from selfalign.io import DataFileError, prepare_output, read_jsonl, require_records, write_jsonl
     from selfalign.judging.stage import write_report
     from selfalign.pairs import PairOptions, build_preferences
@@ -211,7 +245,8 @@ def build_pairs(
 @app.command()
 def train(
     pairs: str = typer.Option(..., help="preference data: JSONL or Parquet file, local dataset folder, or hub "
-                              "dataset id; TRL's standard or conversational form (ranked lists for lipo)"),
+                              "dataset id; TRL's standard or conversational form (ranked lists for lipo; single "
+                              "completions with label or reward for kto, dro)"),
     out: Path = typer.Option(..., help="output folder: checkpoints/, final/, metrics.jsonl, logs/"),
     split: str = typer.Option("train", help="dataset split, for a hub dataset or dataset folder"),
     config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields (TRL's names)"),
@@ -227,7 +262,8 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="any other TrainConfig field, key=value (repeatable)"),
     force: bool = typer.Option(False, help="OUT holds another run (other data or settings): discard it and start over"),
 ) -> None:
-    """Train the policy on preference data with a DPO-family, ScPO, LiPO-λ or SRPO loss. Resumes after a kill."""
+    """Train the policy on preference data with a DPO-family, ScPO, LiPO-λ, SRPO, KTO or DRO loss. Resumes after a
+    kill."""
     from selfalign.training.config import TrainConfig
     from selfalign.training.trainer import train as run_training
 
@@ -239,6 +275,36 @@ def train(
     summary = run_training(cfg, pairs, out, split=split, force=force)
     console.print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s on {summary['world_size']} "
                   f"process(es) -> {summary['output']}")
+
+
+@app.command("judge-train")
+def judge_train(
+    prompts: Path = typer.Option(..., help="instructions JSONL ({'prompt'} or {'messages'} per line), no labels"),
+    out: Path = typer.Option(..., help="folder: contrast.jsonl, iter_NN/{verdicts,judge_pairs}.jsonl, merged/, "
+                             "accuracy.json, summary.json"),
+    judge_model: str = typer.Option("default", help="the starting judge: hub id, folder, or 'default'"),
+    iterations: int = typer.Option(1, min=1, help="rounds of verdicts -> training -> a new judge"),
+    config: Optional[Path] = typer.Option(None, help="YAML/JSON with self-taught fields (heldout, verdicts, "
+                                          "temperature, reasoning, train: {TrainConfig fields}, ...)"),
+    heldout: Optional[int] = typer.Option(None, help="contrasting pairs kept out, for accuracy  [default: 16]"),
+    verdicts: Optional[int] = typer.Option(None, help="sampled verdicts per pair and position  [default: 4]"),
+    engine: str = typer.Option("auto", help="hf | vllm | auto"),
+    set_: list[str] = typer.Option([], "--set", help="a field of the judge's training (TrainConfig), key=value"),
+) -> None:
+    """Self-Taught Evaluator: the judge learns from its own verdicts on contrasting pairs of known order."""
+    from selfalign.judge_train import train_judge
+    from selfalign.judging.self_taught import SelfTaughtConfig
+    from selfalign.training.config import TrainConfig
+
+    cfg = load_config(SelfTaughtConfig, config, {"heldout": heldout, "verdicts": verdicts})
+    if set_:
+        train_cfg = load_config(TrainConfig, None, {}, {**cfg.train.model_dump(exclude_unset=True),
+                                                       **parse_set_options(set_)})
+        cfg = cfg.model_copy(update={"train": train_cfg})
+    summary = train_judge(prompts, out, judge_model, iterations, cfg, engine, console)
+    for t, row in summary["iterations"].items():
+        console.print(f"judge {t}: accuracy {row['accuracy']} (95% interval {row['accuracy_ci95']}), position "
+                      f"consistency {row['position_consistency']}, abstained {row['abstained']}")
 
 
 @app.command()

@@ -80,6 +80,10 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
                  config: Optional[Path] = typer.Option(None, help="YAML/JSON with held-out fields (a recipe's `eval:`)"),
                  data: Optional[str] = typer.Option(None, help="JSONL of {prompt, answer}"),
                  limit: Optional[int] = None, k: Optional[int] = typer.Option(None, help="samples for majority@k"),
+                 select: Optional[str] = typer.Option(None, help="mbr | self-verify: also the accuracy of one of the "
+                                                      "k samples chosen this way"),
+                 utility: Optional[str] = typer.Option(None, help="--select mbr: chrf | rouge-l | bleu | embedding | "
+                                                       "llm-judge  [default: chrf]"),
                  engine: str = "auto", seed: int = 0) -> None:
     """Held-out answer accuracy: greedy, sampled, majority@k and the generation-verification gap (the loop's
     evaluation stage)."""
@@ -88,10 +92,12 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
     from selfalign.io import read_jsonl, write_json
     from selfalign.records import PromptRecord
 
-    cfg = load_config(HeldoutConfig, config, {"data": data, "limit": limit, "k": k})
+    chosen = {k: v for k, v in {"method": select, "utility": utility}.items() if v is not None}
+    cfg = load_config(HeldoutConfig, config, {"data": data, "limit": limit, "k": k,
+                                              "select": chosen or None})
     prompts = read_jsonl(cfg.data, PromptRecord)
     gen = get_engine(engine, model, seed=seed)
-    result = evaluate_heldout(gen, prompts, cfg, seed=seed)
+    result = evaluate_heldout(gen, prompts, cfg, seed=seed, policy=model)
     write_json(out, {"model": model, "engine": gen.name, **result})
     console.print({k: v for k, v in result.items() if not isinstance(v, list)})
 

@@ -8,10 +8,8 @@ vLLM engine and the trainer never hold (GPU) memory at once, and training can go
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +22,13 @@ from selfalign.errors import SelfAlignError
 from selfalign.losses import LOSSES
 from selfalign.io import prepare_output, read_jsonl, write_json, write_jsonl
 from selfalign.progress import PROGRESS_ENV, RunDisplay, read_progress
+from selfalign.run_lock import RunLockedError, run_folder_lock  # noqa: F401 (tests and users import them here)
 from selfalign.recipes import Recipe, RecipeError, check_inputs, load_recipe
 from selfalign.records import PromptRecord
 from selfalign.training.config import TrainConfig
 from selfalign.versions import package_versions
 
-STAGES = ("generate", "judge", "filter", "train", "export", "evaluate")
+STAGES = ("generate", "judge_train", "judge", "filter", "train", "export", "evaluate")  # judge_train: if the recipe asks
 
 
 class Manifest:
@@ -103,6 +102,7 @@ def policy_of(run_dir: Path, recipe: Recipe, iteration: int) -> str:
 def generate_job(recipe: Recipe, it_dir: Path, iteration: int):
     """Iteration t's sampling job: its slice of the prompts (answers stripped) written to iter_NN/prompts.jsonl."""
     from selfalign.policy_jobs import GenerateJob
+    from selfalign.training.data import record_kind
 
     it_dir.mkdir(parents=True, exist_ok=True)
     prompts = read_jsonl(recipe.prompts, PromptRecord)
@@ -114,8 +114,10 @@ def generate_job(recipe: Recipe, it_dir: Path, iteration: int):
     config = recipe.generation
     if config.seed is None:
         config = config.model_copy(update={"seed": recipe.seed + iteration})
-    if recipe.train.sampler_reference and LOSSES[recipe.train.loss_type].needs_reference:
-        # The sampler's log-probs under policy t are the reference that iteration t trains against.
+    if recipe.train.sampler_reference and LOSSES[recipe.train.loss_type].needs_reference and \
+            not record_kind(recipe.train.loss_type).mismatched_column:
+        # The sampler's log-probs under policy t are the reference that iteration t trains against (not for KTO,
+        # whose KL sequences pair a prompt with another prompt's completion: its reference pass runs anyway).
         config = config.model_copy(update={"record_logprobs": True})
     return GenerateJob(config=config, prompts=str(it_dir / "prompts.jsonl"), out=str(it_dir / "samples.jsonl"))
 
@@ -208,11 +210,32 @@ def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, 
     return {"prompts": marker["prompts"], "samples": marker["samples"], "engine_seconds": marker["seconds"]}
 
 
+def judge_of(run_dir: Path, recipe: Recipe, iteration: int) -> str:
+    """With judge_training, judge t is the judge trained in iteration t (judge 0: judge.judge_model, 'policy' meaning
+    the base model); without, the configured judge ('policy': the policy being trained, as in self-rewarding)."""
+    if recipe.judge_training is not None:
+        if iteration == 0:
+            return recipe.model if recipe.judge.judge_model == "policy" else recipe.judge.judge_model
+        return str(run_dir / f"iter_{iteration:02d}" / "judge_training" / "iter_01" / "merged")
+    return policy_of(run_dir, recipe, iteration) if recipe.judge.judge_model == "policy" else recipe.judge.judge_model
+
+
+def stage_judge_train(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
+                      display: RunDisplay | None = None) -> dict:
+    """One Self-Taught Evaluator round on this iteration's prompts: judge t-1 -> judge t (selfalign judge-train)."""
+    out = it_dir / "judge_training"
+    run_stage(["judge-train"], recipe.judge_training, it_dir, display=display, prompts=it_dir / "prompts.jsonl",
+              out=out, judge_model=judge_of(run_dir, recipe, iteration - 1), engine=recipe.generation.engine)
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["iterations"]["0"], summary["iterations"]["1"]
+    return {"judge": after["judge"], "records": after["train_records"], "accuracy_before": before["accuracy"],
+            "accuracy": after["accuracy"], "accuracy_ci95": after["accuracy_ci95"],
+            "position_consistency": after["position_consistency"], "heldout_pairs": after["pairs"]}
+
+
 def stage_judge(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
                 display: RunDisplay | None = None) -> dict:
-    config = recipe.judge
-    if config.judge_model == "policy":  # self-rewarding: the policy being trained judges its own samples
-        config = config.model_copy(update={"judge_model": policy_of(run_dir, recipe, iteration)})
+    config = recipe.judge.model_copy(update={"judge_model": judge_of(run_dir, recipe, iteration)})
     run_stage(["judge"], config, it_dir, display=display, samples=it_dir / "samples.jsonl", out=it_dir / "scored.jsonl")
     return json.loads((it_dir / "scored.report.json").read_text())
 
@@ -281,53 +304,6 @@ def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, 
     return info
 
 
-class RunLockedError(SelfAlignError, RuntimeError):
-    """Another process is running this run folder."""
-
-
-@contextlib.contextmanager
-def run_folder_lock(run_dir: Path):
-    """One process per run folder: `run_dir/.lock` holds the owner's PID and host. A lock whose process is gone (a
-    kill, a crash, a reboot) is stale and taken over."""
-    lock = run_dir / ".lock"
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text())
-            except (OSError, json.JSONDecodeError):
-                owner = {}  # torn by a kill between create and write: stale
-            if owner.get("host") == me["host"] and _alive(owner.get("pid")):
-                raise RunLockedError(f"{run_dir} is in use by another selfalign run (PID {owner['pid']}, started "
-                                     f"{owner.get('started', '?')}); wait for it, stop it, or use another --out") from None
-            if owner.get("host") not in (None, me["host"]):
-                raise RunLockedError(f"{run_dir} is locked by a selfalign run on host {owner['host']} (PID "
-                                     f"{owner.get('pid')}); if that run is gone, delete {lock}") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool = False, iterations: int | None = None,
         until: str | None = None, on_iteration=None, display: RunDisplay | None = None) -> Path:
     recipe_path = Path(recipe_path)
@@ -366,6 +342,7 @@ def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Pa
             it_dir = run_dir / f"iter_{iteration:02d}"
             steps = {
                 "generate": lambda: stage_generate(recipe, run_dir, it_dir, iteration, engines, display),
+                "judge_train": lambda: stage_judge_train(recipe, run_dir, it_dir, iteration, display),
                 "judge": lambda: stage_judge(recipe, run_dir, it_dir, iteration, display),
                 "filter": lambda: stage_filter(recipe, run_dir, it_dir, iteration),
                 "train": lambda: stage_train(recipe, run_dir, it_dir, iteration, display),
@@ -375,6 +352,8 @@ def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Pa
                                      if recipe.eval else {"skipped": True}),
             }
             for stage in STAGES:
+                if stage == "judge_train" and recipe.judge_training is None:
+                    continue
                 _do(manifest, display, iteration, stage, steps[stage])
                 if until == stage and iteration == last:
                     return run_dir

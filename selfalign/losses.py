@@ -177,15 +177,62 @@ def srpo_loss(r_w_given_l: Tensor, r_l_given_l: Tensor, r_w_given_w: Tensor, r_l
     return alpha * self_term + (1 - alpha) * gen_term, (beta * r_w).detach(), (beta * r_l).detach()
 
 
+def kto_loss(policy_completion_logps: Tensor, ref_completion_logps: Tensor, policy_kl_logps: Tensor,
+             ref_kl_logps: Tensor, labels: Tensor, beta: float = 0.1, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0):
+    """KTO, Kahneman-Tversky Optimization (Ethayarajh et al. 2024, arXiv:2402.01306, Eq. 7), on single completions.
+
+        r  = log π(y|x) - log π_ref(y|x)
+        z0 = max(0, mean_batch[log π(y'|x) - log π_ref(y'|x)])     (y' a completion of another prompt; no gradient)
+        L  = λ_D (1 - σ(β (r - z0)))   if y is desirable
+             λ_U (1 - σ(β (z0 - r)))   if y is undesirable
+
+    A prospect-theory value against the reference point z0, an estimate of KL(π || π_ref) from mismatched
+    (prompt, completion) pairs: no pairs are needed, so every scored sample can train. λ_D, λ_U correct class
+    imbalance (the paper: keep λ_D n_D / (λ_U n_U) in [1, 4/3]). β 0.01-0.5 (0.1 usual). `labels` (B,): 1 desirable,
+    0 undesirable. Same loss and reduction as TRL's KTOTrainer (`loss_type="kto"`). Rewards returned: β r twice.
+    """
+    logratios = policy_completion_logps - ref_completion_logps
+    z0 = (policy_kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
+    desirable = labels.to(torch.bool)
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (logratios - z0))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (z0 - logratios))))
+    rewards = (beta * logratios).detach()
+    return losses, rewards, rewards
+
+
+def dro_loss(policy_completion_logps: Tensor, ref_completion_logps: Tensor, rewards: Tensor, values: Tensor,
+             beta: float = 0.1):
+    """DRO, Direct Reward Optimisation (Richemond et al. 2024, "Offline Regularised Reinforcement Learning for Large
+    Language Models Alignment", arXiv:2405.19107): a mean-squared objective on single (x, y, r) triples.
+
+        L(θ, V) = ½ (r - V(x) - τ log π(y|x)/π_ref(y|x))²
+
+    with τ = `beta` the KL-regularisation strength and V(x) a learned value (its optimum is the soft value
+    τ log E_ref[exp(r/τ)]). DRO-V's two updates are kept apart: the policy term uses V without gradient and the value
+    term the log-ratio without gradient, so one backward gives each its own gradient:
+        L = ½ (r - sg[V] - τ ρ)² + ½ (r - V - τ sg[ρ])²,   ρ = log π(y|x) - log π_ref(y|x).
+    τ 0.01-1 relative to the reward's scale (rewards in [0, 1]: 0.1). `values` (B,) come from the trainer's value
+    head. Rewards returned: τ ρ (the implicit reward) and the residual r - V - τ ρ.
+    """
+    logratios = policy_completion_logps - ref_completion_logps
+    policy_term = 0.5 * (rewards - values.detach() - beta * logratios) ** 2
+    value_term = 0.5 * (rewards - values - beta * logratios.detach()) ** 2
+    implicit = (beta * logratios).detach()
+    return policy_term + value_term, implicit, (rewards - values - beta * logratios).detach()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The registry. A loss's parameters are filled by name from what its record kind provides (training/data.py builds
 # one column of sequences per name):
 #   pair  (columns chosen, rejected) and srpo (columns w, l, w_given_l, l_given_l, w_given_w, l_given_w):
 #         policy_<col>_logps, ref_<col>_logps, <col>_lengths, r_<col> (= policy - ref log-ratio), weights (B,)
 #   list  (K completions): policy_logps, ref_logps, lengths, scores, mask (B, K), weights (B,)
+#   labeled (KTO: columns completion, kl: the completion of another prompt) and rewarded (DRO: column completion):
+#         as pair, plus labels (B,) 1 desirable / 0 undesirable, rewards (B,), values (B,) from the value head
 # and the hyperparameters from `options` (function keyword -> TrainConfig field). Reference-free losses get no ref.
 
-RecordKindName = Literal["pair", "list", "srpo"]
+RecordKindName = Literal["pair", "list", "srpo", "labeled", "rewarded"]
 
 
 @dataclass(frozen=True)
@@ -193,6 +240,7 @@ class LossSpec:
     function: Callable
     records: RecordKindName  # what one training record is: a pair, a ranked list, an SRPO pair (6 sequences)
     needs_reference: bool = True
+    needs_value: bool = False  # the trainer adds a value head V(x) and passes its outputs as `values`
     options: dict[str, str] = field(default_factory=lambda: {"beta": "beta"})  # keyword -> TrainConfig field
     defaults: dict[str, float] = field(default_factory=lambda: {"beta": 0.1})  # field -> value when the user sets none
     summary: str = ""
@@ -214,19 +262,25 @@ LOSSES: dict[str, LossSpec] = {
                      summary="LiPO-λ (listwise)"),
     "srpo": LossSpec(srpo_loss, "srpo", options={"beta": "beta", "alpha": "alpha"},
                      defaults={"beta": 0.1, "alpha": 0.8}, summary="SRPO (self-revision)"),
+    "kto": LossSpec(kto_loss, "labeled", options={"beta": "beta", "desirable_weight": "desirable_weight",
+                                                  "undesirable_weight": "undesirable_weight"},
+                    summary="KTO (single desirable/undesirable completions)"),
+    "dro": LossSpec(dro_loss, "rewarded", needs_value=True, summary="DRO-V (single completions with a reward)"),
 }
 
 
 def loss_inputs(records: RecordKindName, columns: tuple[str, ...] | None, policy_logps: Tensor,
-                ref_logps: Tensor | None, lengths: Tensor, weights: Tensor, scores: Tensor, mask: Tensor) -> dict:
-    """The named tensors a record kind provides to a loss, from (B, S) per-sequence log-probs and lengths."""
+                ref_logps: Tensor | None, lengths: Tensor, weights: Tensor, scores: Tensor, mask: Tensor,
+                **per_record: Tensor) -> dict:
+    """The named tensors a record kind provides to a loss, from (B, S) per-sequence log-probs and lengths, plus
+    per-record tensors (B,) passed by name (labels, rewards, values)."""
     if ref_logps is None:
         ref_logps = torch.zeros_like(policy_logps)
     lengths = lengths.clamp(min=1)
     if columns is None:  # a list of K completions
         return {"policy_logps": policy_logps, "ref_logps": ref_logps, "lengths": lengths, "scores": scores,
                 "mask": mask, "weights": weights}
-    named = {"weights": weights}
+    named = {"weights": weights, **per_record}
     for index, column in enumerate(columns):
         named[f"policy_{column}_logps"] = policy_logps[:, index]
         named[f"ref_{column}_logps"] = ref_logps[:, index]

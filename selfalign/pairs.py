@@ -1,4 +1,5 @@
-"""Turn scored samples into preference data: pairs (TRL's conversational format), ScPO pairs, or ranked lists.
+"""Turn scored samples into preference data: pairs (TRL's conversational format), ScPO pairs, ranked lists, or
+single labeled and rewarded completions (KTO, DRO).
 
 Every drop is counted by reason in a report, so a user can see why a prompt gave no pair.
 """
@@ -11,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfalign.errors import SelfAlignError
-from selfalign.records import Message, PreferencePair, RankedList, ScoredSample, group_by_prompt
+from selfalign.records import Message, PreferencePair, RankedList, ScoredSample, SingleCompletion, group_by_prompt
 
 
 class PairsError(SelfAlignError, ValueError):
@@ -20,9 +21,10 @@ class PairsError(SelfAlignError, ValueError):
 
 class PairOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["pairs", "scpo", "lists"] = "pairs"
+    mode: Literal["pairs", "scpo", "lists", "singles"] = "pairs"
     min_margin: float = Field(0.0, ge=0, description="pairs: least score difference kept (ties are always dropped)")
-    vote_threshold: int = Field(1, ge=1, description="scpo: keep a prompt only if V(chosen) >= this (tau)")
+    vote_threshold: int = Field(1, ge=1, description="scpo and singles with votes: keep a prompt only if its top "
+                                "answer has at least this many votes (tau)")
     max_pairs_per_prompt: int = Field(1, ge=1)
     max_length_ratio: float | None = Field(None, gt=1.0, description="drop pairs whose chosen is this many times "
                                            "longer than the rejected (a guard against judges that reward length)")
@@ -134,14 +136,50 @@ def _ranked_list(group: list[ScoredSample], options: PairOptions, report: Counte
                        completion_token_ids=[s.token_ids for s in rated] if recorded else None)]
 
 
+def _singles(group: list[ScoredSample], options: PairOptions, report: Counter) -> list[SingleCompletion]:
+    """Every sample of a kept prompt as one record with a label (KTO) and a reward (DRO).
+
+    With votes (self-consistency): a prompt whose top answer has fewer than `vote_threshold` votes has no clear
+    majority and is dropped whole; samples of the top answer are desirable, minority and answerless ones undesirable;
+    the reward is the vote share (0 without an answer). With other scores (a judge, a reward model): desirable above
+    the prompt's mean score, undesirable below, a sample at the mean is dropped; the reward is the score. Unscored
+    samples are dropped.
+    """
+    if any(s.votes is not None for s in group):
+        answered = [s for s in group if s.answer is not None]
+        top_votes = max((s.votes for s in answered), default=0)
+        if top_votes < options.vote_threshold:
+            report["dropped_below_vote_threshold" if answered else "dropped_no_answers"] += 1
+            return []
+        labeled = [(s, s.answer is not None and s.votes == top_votes, s.score or 0.0) for s in group]
+    else:
+        rated = [s for s in group if s.score is not None]
+        report["samples_unscored"] += len(group) - len(rated)
+        if len({s.score for s in rated}) < 2:
+            report["dropped_all_tied" if len(rated) >= 2 else "dropped_fewer_than_two_scored"] += 1
+            return []
+        mean = sum(s.score for s in rated) / len(rated)
+        report["samples_dropped_at_mean"] += sum(s.score == mean for s in rated)
+        labeled = [(s, s.score > mean, s.score) for s in rated if s.score != mean]
+    records = []
+    for sample, desirable, reward in labeled:
+        report["desirable" if desirable else "undesirable"] += 1
+        recorded = sample.logprob is not None and sample.token_ids is not None
+        records.append(SingleCompletion(prompt=sample.messages, completion=_assistant(sample.text),
+                                        prompt_id=sample.prompt_id, label=desirable, reward=reward,
+                                        ref_logps=sample.logprob if recorded else None,
+                                        completion_token_ids=sample.token_ids if recorded else None))
+    return records
+
+
 def build_preferences(scored: list[ScoredSample], options: PairOptions) -> tuple[list, dict]:
     """Group by prompt, build records by `options.mode`, and report counts of what was kept and dropped."""
     by_prompt = group_by_prompt(scored)
     largest = max((len(group) for group in by_prompt.values()), default=0)
-    if options.mode == "scpo" and options.vote_threshold > largest:
+    if options.mode in ("scpo", "singles") and options.vote_threshold > largest:
         raise PairsError(f"vote_threshold {options.vote_threshold} is more than the {largest} samples per prompt: no "
                          "prompt can reach it")
-    builder = {"pairs": _score_pairs, "scpo": _scpo_pairs, "lists": _ranked_list}[options.mode]
+    builder = {"pairs": _score_pairs, "scpo": _scpo_pairs, "lists": _ranked_list, "singles": _singles}[options.mode]
     report: Counter = Counter()
     records = []
     for group in by_prompt.values():
@@ -152,4 +190,12 @@ def build_preferences(scored: list[ScoredSample], options: PairOptions) -> tuple
     if options.mode == "scpo" and records:
         summary["mean_vote_margin"] = summary.pop("vote_margin_sum") / len(records)
         summary["mean_weight"] = sum(r.weight for r in records) / len(records)
+    if options.mode == "singles":
+        desirable = summary.setdefault("desirable", 0)
+        undesirable = summary.setdefault("undesirable", 0)
+        if desirable == 0 and undesirable == 0 and by_prompt:
+            raise PairsError("no desirable and no undesirable completions: every prompt was dropped "
+                             f"({ {k: v for k, v in summary.items() if k.startswith('dropped')} })")
+        # KTO's paper keeps λ_D n_D / (λ_U n_U) in [1, 4/3]; this λ_D (with λ_U = 1) puts it at 1.
+        summary["balanced_desirable_weight"] = round(undesirable / desirable, 3) if desirable else None
     return records, summary

@@ -162,6 +162,7 @@ def _run_one(engine, job: GenerateJob | HeldoutJob, model: str) -> dict:
         return {"prompts": len(records), "samples": len(samples), "tokens": sum(s.num_tokens for s in samples)}
     from selfalign.evaluation.heldout import evaluate_heldout
 
-    result = evaluate_heldout(engine, read_jsonl(job.config.data, PromptRecord), job.config, seed=job.seed)
+    result = evaluate_heldout(engine, read_jsonl(job.config.data, PromptRecord), job.config, seed=job.seed,
+                              policy=model)
     write_json(job.out, {"model": model, "engine": engine.name, **result})
     return {"prompts": result["num_prompts"]}

@@ -13,6 +13,7 @@ from selfalign.errors import SelfAlignError
 from selfalign.evaluation.heldout import HeldoutConfig
 from selfalign.generation import GenerationConfig
 from selfalign.judging.scorers import JudgeConfig
+from selfalign.judging.self_taught import SelfTaughtConfig
 from selfalign.pairs import PairOptions
 from selfalign.training.config import TrainConfig
 
@@ -34,6 +35,10 @@ class Recipe(BaseModel):
     accelerate_config: str | None = Field(None, description="accelerate config file for the train stage (GPUs)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judge_training: SelfTaughtConfig | None = Field(None, description="before each iteration's judging, a round of "
+                                                    "Self-Taught Evaluator training of the judge (judge.judge_model "
+                                                    "to start; 'policy': the base model); the judge stage then uses "
+                                                    "the trained judge")
     pairs: PairOptions = Field(default_factory=PairOptions)
     train: TrainConfig = Field(default_factory=TrainConfig, description="TrainConfig fields (TRL's names); the "
                                "policy is the recipe's `model`, then each iteration's export")
@@ -50,21 +55,27 @@ class Recipe(BaseModel):
         if "model" in self.train.model_fields_set:
             raise ValueError("train.model: set the policy with the recipe's top-level 'model' (each iteration trains "
                              "the previous iteration's export)")
-        if self.pairs.mode == "scpo" and self.pairs.vote_threshold > self.generation.n:
+        if self.judge_training is not None and (self.judge.scorer, self.judge.judge_base_url) != ("llm-judge", None):
+            raise ValueError("judge_training: trains a local LLM judge; set judge.scorer to llm-judge without "
+                             "judge_base_url")
+        wanted = record_kind_for(self.train.loss_type)
+        built = {"lists": "list", "singles": "single"}.get(self.pairs.mode, "pair")
+        if wanted != built:
+            raise ValueError(f"train.loss_type: {self.train.loss_type!r} trains on {wanted} records, but pairs.mode "
+                             f"{self.pairs.mode!r} builds {built} records: set pairs.mode to "
+                             f"{ {'list': 'lists', 'single': 'singles'}.get(wanted, 'pairs or scpo') }")
+        if self.pairs.mode in ("scpo", "singles") and self.pairs.vote_threshold > self.generation.n:
             raise ValueError(f"pairs.vote_threshold: {self.pairs.vote_threshold} votes can never be reached with "
                              f"generation.n = {self.generation.n} samples")
-        wanted = record_kind_for(self.train.loss_type)
-        if wanted != ("list" if self.pairs.mode == "lists" else "pair"):
-            raise ValueError(f"train.loss_type: {self.train.loss_type!r} trains on {wanted} records, but pairs.mode "
-                             f"{self.pairs.mode!r} builds {'ranked lists' if self.pairs.mode == 'lists' else 'pairs'}")
         return self
 
 
 def record_kind_for(loss_type: str) -> str:
-    """'list' for listwise losses, 'pair' for the rest (SRPO's six sequences come from a pair)."""
+    """'list' for listwise losses, 'single' for unpaired ones (KTO, DRO), 'pair' for the rest (SRPO's six sequences
+    come from a pair)."""
     from selfalign.losses import LOSSES
 
-    return "list" if LOSSES[loss_type].records == "list" else "pair"
+    return {"list": "list", "labeled": "single", "rewarded": "single"}.get(LOSSES[loss_type].records, "pair")
 
 
 class RecipeError(SelfAlignError, ValueError):

@@ -145,6 +145,36 @@ class RankedList(BaseModel):
         return self
 
 
+class SingleCompletion(BaseModel):
+    """One scored completion, unpaired (TRL's unpaired preference format: prompt, completion, label): for KTO a
+    `label` (True desirable, False undesirable), for DRO a real `reward`; `build-pairs --mode singles` writes both."""
+
+    prompt: list[Message]
+    completion: list[Message]
+    prompt_id: str
+    label: bool | None = None
+    reward: float | None = None
+    ref_logps: float | None = None  # as PreferencePair's ref_*_logps
+    completion_token_ids: list[int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_forms(cls, values: Any) -> Any:
+        return _trl_preference_form(values, ("completion",))
+
+
+class LabeledCompletion(SingleCompletion):
+    """A single completion that KTO can train on: `label` is required (true desirable, false undesirable)."""
+
+    label: bool
+
+
+class RewardedCompletion(SingleCompletion):
+    """A single completion that DRO can train on: `reward` is required and finite."""
+
+    reward: float = Field(allow_inf_nan=False)
+
+
 def prompt_id_of(record: PromptRecord, position: int) -> str:
     """A prompt's explicit id, else its line position (0-based) in the prompts file."""
     return record.id if record.id is not None else str(position)

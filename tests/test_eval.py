@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 import yaml

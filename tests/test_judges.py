@@ -1,6 +1,5 @@
 """LLM-as-judge and reward-model scoring with real models, and the OpenAI-compatible path over real HTTP."""
 
-import json
 import threading
 
 import pytest

@@ -104,6 +104,72 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     assert refused.exit_code == 2 and "changed since" in refused.output
 
 
+@pytest.mark.slow
+def test_kto_loop_trains_on_every_sample_of_its_kept_prompts(tmp_path):
+    """One iteration of the KTO recipe's shape: singles from votes, KTO training, export, evaluation."""
+    recipe = _recipe(tmp_path, iterations=1, pairs={"mode": "singles", "vote_threshold": 2},
+                     train={**TINY["train"], "loss_type": "kto", "per_device_train_batch_size": 4, "max_steps": 2})
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "selfalign.cli", "run", str(recipe), "--out", str(run_dir)],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    singles = [json.loads(line) for line in (run_dir / "iter_01" / "pairs.jsonl").read_text().splitlines()]
+    report = json.loads((run_dir / "iter_01" / "pairs.report.json").read_text())
+    assert len(singles) == report["desirable"] + report["undesirable"] == 4 * report["prompts_kept"]
+    assert {row["label"] for row in singles} <= {True, False} and all("completion" in row for row in singles)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    train = manifest["iterations"]["1"]["stages"]["train"]
+    # 2 steps of 4 records reach 8 of them: only those need a reference pass
+    assert train["steps"] == 2 and train["reference"] == {"from_sampler": 0, "computed": 8,
+                                                         "not_reached": len(singles) - 8}
+    assert "greedy" in json.dumps(manifest["iterations"]["1"]["stages"]["evaluate"])
+    assert (run_dir / "iter_01" / "merged" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_mbr_self_training_loop(tmp_path):
+    """One iteration with MBR consensus scores (chrF) as the judge: best vs worst sample per prompt, DPO."""
+    recipe = _recipe(tmp_path, iterations=1, judge={"scorer": "mbr", "utility": "chrf", "mbr_references": 3},
+                     pairs={"mode": "pairs", "max_pairs_per_prompt": 1},
+                     train={**TINY["train"], "loss_type": "dpo", "max_steps": 2})
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "selfalign.cli", "run", str(recipe), "--out", str(run_dir)],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scored = [json.loads(line) for line in (run_dir / "iter_01" / "scored.jsonl").read_text().splitlines()]
+    assert all(s["scorer"] == "mbr:chrf" and 0 <= s["score"] <= 1 for s in scored)
+    pairs = [json.loads(line) for line in (run_dir / "iter_01" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["iterations"]["1"]["stages"]["train"]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_self_taught_judge_alternates_with_policy_training(tmp_path):
+    """One iteration: the judge is trained on the iteration's prompts, then judges the policy's samples."""
+    recipe = _recipe(tmp_path, iterations=1, prompts_per_iteration=8,
+                     judge={"scorer": "llm-judge", "mode": "pairwise", "judge_model": "policy"},
+                     judge_training={"heldout": 3, "verdicts": 6, "reasoning": False, "verdict_max_new_tokens": 6,
+                                     "answer_max_new_tokens": 32,
+                                     "train": {"max_steps": 2, "per_device_train_batch_size": 2, "report_to": []}},
+                     pairs={"mode": "pairs", "max_pairs_per_prompt": 1},
+                     train={**TINY["train"], "loss_type": "dpo", "max_steps": 2})
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "selfalign.cli", "run", str(recipe), "--out", str(run_dir)],
+                            capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stages = json.loads((run_dir / "manifest.json").read_text())["iterations"]["1"]["stages"]
+    assert list(stages)[:2] == ["generate", "judge_train"]
+    trained = stages["judge_train"]
+    assert trained["heldout_pairs"] == 3 and 0 <= trained["accuracy"] <= 1 and trained["records"] >= 1
+    judge_config = yaml.safe_load((run_dir / "iter_01" / "config" / "judge.yaml").read_text())
+    assert judge_config["judge_model"] == trained["judge"] == str(run_dir / "iter_01" / "judge_training" / "iter_01"
+                                                                 / "merged")
+    scored = [json.loads(line) for line in (run_dir / "iter_01" / "scored.jsonl").read_text().splitlines()]
+    assert all(s["scorer"].startswith("llm-judge-pairwise:") for s in scored)
+    assert "iter 1/1 · judge_train · done in" in result.stdout
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"iteratons": 3}, "field 'iteratons': Extra inputs are not permitted"),
     ({"iterations": "two"}, "field 'iterations'"),
@@ -113,8 +179,11 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     ({"prompts": "/nonexistent/prompts.jsonl"}, "field 'prompts': file not found"),
     ({"pairs": {"mode": "scpo", "vote_threshold": 5}}, "field 'pairs.vote_threshold': 5 votes can never be reached"),
     ({"train": {"loss_type": "lipo"}}, "field 'train.loss_type': 'lipo' trains on list records, but pairs.mode 'scpo'"),
+    ({"train": {"loss_type": "kto"}}, "'kto' trains on single records, but pairs.mode 'scpo' builds pair records: set "
+                                      "pairs.mode to singles"),
     ({"train": {"model": "default"}}, "field 'train.model': set the policy with the recipe's top-level 'model'"),
     ({"generation": {"n": 1}}, "field 'generation.n': the loop needs at least 2 samples"),
+    ({"judge_training": {"heldout": 4}}, "field 'judge_training': trains a local LLM judge"),
     ({"judge": {"scorer": "llm-judge", "concurrency": 0}}, "field 'judge.concurrency'"),
     ("empty-prompts", "field 'prompts': .*holds no prompts"),
     ("duplicate-ids", "field 'prompts': prompt id 'a' appears more than once"),

@@ -70,8 +70,29 @@ def test_lipo_dispatch_to_its_worked_value():
     assert metrics["rewards/accuracies"] == 1.0  # every better-scored completion has the higher reward
 
 
+def test_kto_dispatch_reads_completion_and_kl_columns_and_labels():
+    """Two singles, β 0.1: log-ratios r = 1 (desirable) and -1 (undesirable); KL column log-ratios 0.5 and 1.5, so
+    z0 = 1.0. Desirable: 1 - σ(0.1 (1 - 1)) = 0.5; undesirable: 1 - σ(0.1 (1 - (-1))) = 1 - σ(0.2)."""
+    logps, ref, lengths, batch = _batch([[-10.0, -10.5], [-12.0, -9.5]], [[-11.0, -11.0]] * 2, [[4.0, 4.0]] * 2,
+                                        [1.0, 1.0])
+    batch["labels"] = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    loss, metrics = preference_loss(TrainConfig(loss_type="kto"), logps, ref, lengths, batch)
+    assert float(loss) == pytest.approx((0.5 + 1 - 1 / (1 + math.exp(-0.2))) / 2, rel=1e-12)
+    assert metrics["kl"] == pytest.approx(1.0) and metrics["rewards/desirable"] == pytest.approx(0.1)
+
+
+def test_dro_dispatch_reads_rewards_and_values():
+    """One single, τ 0.1: log-ratio 1, reward 0.8, value 0.5: L = 2 · ½ (0.8 - 0.5 - 0.1)² = 0.04."""
+    logps, ref, lengths, batch = _batch([[-10.0]], [[-11.0]], [[4.0]], [1.0])
+    batch["rewards"] = torch.tensor([0.8], dtype=torch.float64)
+    loss, metrics = preference_loss(TrainConfig(loss_type="dro"), logps, ref, lengths, batch,
+                                    values=torch.tensor([0.5], dtype=torch.float64))
+    assert float(loss) == pytest.approx(0.04, rel=1e-12)
+    assert metrics["value"] == 0.5 and metrics["residual_sq"] == pytest.approx(0.04)
+
+
 def test_every_registered_loss_has_a_worked_dispatch_test():
-    assert set(LOSSES) <= set(PAIR_WORKED) | {"srpo", "lipo"}
+    assert set(LOSSES) <= set(PAIR_WORKED) | {"srpo", "lipo", "kto", "dro"}
 
 
 @pytest.mark.parametrize("loss_type", sorted(LOSSES))
@@ -82,7 +103,8 @@ def test_every_entry_binds_to_its_record_kind(loss_type):
     size = len(kind.columns) if kind.columns else 3
     logps = torch.randn(2, size)
     inputs = loss_inputs(spec.records, kind.columns, logps, logps - 1, torch.full((2, size), 4.0), torch.ones(2),
-                         torch.arange(size).float().expand(2, size), torch.ones(2, size, dtype=torch.bool))
+                         torch.arange(size).float().expand(2, size), torch.ones(2, size, dtype=torch.bool),
+                         labels=torch.tensor([1.0, 0.0]), rewards=torch.rand(2), values=torch.rand(2))
     losses, chosen, rejected = compute_loss(spec, inputs, TrainConfig(loss_type=loss_type))
     assert losses.shape == (2,) and torch.isfinite(losses).all()
 

@@ -157,3 +157,56 @@ def test_hinge(beta):
         assert float(chosen_r[i]) == pytest.approx(beta * (pc - rc))
     if beta == 0.5:
         assert (got == 0).any() and (got > 0).any(), "the data must reach both sides of the hinge"
+
+
+@pytest.mark.parametrize("beta, wd, wu", [(0.1, 1.0, 1.0), (0.5, 1.33, 0.8)])
+def test_kto(beta, wd, wu):
+    kl_policy, kl_ref = torch.randn(B, dtype=torch.float64) - 20, torch.randn(B, dtype=torch.float64) - 21
+    labels = torch.tensor([1, 0, 1, 1, 0], dtype=torch.float64)
+    got, rewards, _ = losses.kto_loss(PC, RC, kl_policy, kl_ref, labels, beta, wd, wu)
+    z0 = max(0.0, sum(float(kl_policy[i]) - float(kl_ref[i]) for i in range(B)) / B)
+    assert z0 > 0
+    for i in range(B):
+        r = float(PC[i]) - float(RC[i])
+        sigma = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+        want = wd * (1 - sigma(beta * (r - z0))) if labels[i] else wu * (1 - sigma(beta * (z0 - r)))
+        assert float(got[i]) == pytest.approx(want)
+        assert float(rewards[i]) == pytest.approx(beta * r)
+
+
+def test_kto_reference_point_is_clamped_at_zero_and_has_no_gradient():
+    policy_kl = torch.full((B,), -30.0, dtype=torch.float64, requires_grad=True)
+    got, _, _ = losses.kto_loss(PC, RC, policy_kl, torch.full((B,), -20.0, dtype=torch.float64),
+                                torch.ones(B, dtype=torch.float64), beta=0.1)
+    for i in range(B):  # z0 = max(0, -10) = 0
+        assert float(got[i]) == pytest.approx(1 - 1 / (1 + math.exp(-0.1 * (float(PC[i]) - float(RC[i])))))
+    policy_kl2 = torch.full((B,), -10.0, dtype=torch.float64, requires_grad=True)
+    got, _, _ = losses.kto_loss(PC, RC, policy_kl2, torch.full((B,), -20.0, dtype=torch.float64),
+                                torch.ones(B, dtype=torch.float64), beta=0.1)
+    assert not got.requires_grad, "z0 is a detached estimate, as in the paper and TRL"
+
+
+def test_dro():
+    tau = 0.3
+    rewards, values = torch.rand(B, dtype=torch.float64), torch.rand(B, dtype=torch.float64)
+    got, implicit, residual = losses.dro_loss(PC, RC, rewards, values, beta=tau)
+    for i in range(B):
+        rho = float(PC[i]) - float(RC[i])
+        r_i, v_i = float(rewards[i]), float(values[i])
+        assert float(got[i]) == pytest.approx(2 * 0.5 * (r_i - v_i - tau * rho) ** 2)  # two equal terms in value
+        assert float(implicit[i]) == pytest.approx(tau * rho)
+        assert float(residual[i]) == pytest.approx(r_i - v_i - tau * rho)
+
+
+def test_dro_policy_and_value_gradients_are_those_of_the_squared_loss_each_with_the_other_fixed():
+    """∂L/∂log π = -τ (r - V - τρ) with V fixed; ∂L/∂V = -(r - V - τρ) with the policy fixed."""
+    tau = 0.2
+    policy = PC.clone().requires_grad_(True)
+    values = torch.rand(B, dtype=torch.float64, requires_grad=True)
+    rewards = torch.rand(B, dtype=torch.float64)
+    got, _, _ = losses.dro_loss(policy, RC, rewards, values, beta=tau)
+    got.sum().backward()
+    for i in range(B):
+        residual = float(rewards[i]) - float(values[i].detach()) - tau * (float(PC[i]) - float(RC[i]))
+        assert float(policy.grad[i]) == pytest.approx(-tau * residual)
+        assert float(values.grad[i]) == pytest.approx(-residual)

@@ -62,3 +62,36 @@ def test_ranked_lists_sorted_by_score_without_duplicates():
     assert records[0].scores == [7.0, 4.0, 2.0]
     assert [c[0].content for c in records[0].completions] == ["a", "d", "b"]
     assert report["samples_dropped_identical_texts"] == 1 and report["samples_unscored"] == 1
+
+
+def test_singles_from_votes_label_majority_desirable_and_mask_unclear_prompts():
+    samples = (_samples("p1", ["The answer is 4", "The answer is 4", "The answer is 4", "The answer is 5",
+                               "no idea", "The answer is 4.0", "The answer is 6", "The answer is 5"])
+               + _samples("p2", ["The answer is 1", "The answer is 2", "The answer is 3", "The answer is 3"])
+               + _samples("p3", ["no", "nothing", "none"]))
+    records, report = build_preferences(score_self_consistency(samples), PairOptions(mode="singles", vote_threshold=3))
+    assert [r.prompt_id for r in records] == ["p1"] * 8  # p2: top answer 2 votes < 3; p3: no answers
+    assert [r.label for r in records] == [True, True, True, False, False, True, False, False]
+    assert [r.reward for r in records] == [0.5, 0.5, 0.5, 0.25, 0.0, 0.5, 0.125, 0.25]
+    assert records[0].completion[0].content == "The answer is 4" and records[0].prompt == MESSAGES
+    assert report["desirable"] == 4 and report["undesirable"] == 4 and report["balanced_desirable_weight"] == 1.0
+    assert report["dropped_below_vote_threshold"] == 1 and report["dropped_no_answers"] == 1
+
+
+def test_singles_from_judge_scores_split_at_the_prompt_mean():
+    scored = (_scored("a", [("x", 9.0), ("y", 5.0), ("z", 7.0), ("w", 1.0)])  # mean 5.5
+              + _scored("b", [("u", 4.0), ("v", 4.0)]) + _scored("c", [("s", 6.0), ("t", None), ("q", 2.0)]))
+    records, report = build_preferences(scored, PairOptions(mode="singles"))
+    assert [(r.completion[0].content, r.label, r.reward) for r in records] == [
+        ("x", True, 9.0), ("y", False, 5.0), ("z", True, 7.0), ("w", False, 1.0), ("s", True, 6.0), ("q", False, 2.0)]
+    assert report["dropped_all_tied"] == 1 and report["samples_unscored"] == 1
+
+
+def test_singles_with_both_classes_empty_is_an_error():
+    import pytest
+
+    from selfalign.pairs import PairsError
+
+    scored = score_self_consistency(_samples("p", ["a", "b", "c"]))  # no answers anywhere
+    with pytest.raises(PairsError, match="no desirable and no undesirable"):
+        build_preferences(scored, PairOptions(mode="singles"))

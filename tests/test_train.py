@@ -14,7 +14,7 @@ import torch
 
 from selfalign.io import DataFileError, write_jsonl
 from selfalign.losses import LOSSES
-from selfalign.records import Message, PreferencePair, RankedList
+from selfalign.records import Message, PreferencePair, RankedList, SingleCompletion
 from selfalign.training.config import TrainConfig
 from selfalign.training.trainer import TrainingError, train
 
@@ -46,6 +46,24 @@ def lists_file(tmp_path):
                        completions=[p.chosen, [Message(role="assistant", content="Maybe 12?")], p.rejected][:2 + i % 2])
             for i, p in enumerate(_pairs(4))]
     write_jsonl(path, rows)
+    return path
+
+
+def _singles(n=4):
+    """Each pair as two single completions: chosen desirable (reward 1.0), rejected undesirable (reward 0.1 i)."""
+    rows = []
+    for i, pair in enumerate(_pairs(n)):
+        rows.append(SingleCompletion(prompt=pair.prompt, prompt_id=pair.prompt_id, completion=pair.chosen, label=True,
+                                     reward=1.0))
+        rows.append(SingleCompletion(prompt=pair.prompt, prompt_id=pair.prompt_id, completion=pair.rejected,
+                                     label=False, reward=0.1 * i))
+    return rows
+
+
+@pytest.fixture()
+def singles_file(tmp_path):
+    path = tmp_path / "singles.jsonl"
+    write_jsonl(path, _singles())
     return path
 
 
@@ -117,6 +135,12 @@ def _step1_worked_value(loss_type, cfg, model_path, pairs, lists):
         return sum(ln2 * (1 if len(r.completions) == 2 else 3) for r in lists) / len(lists)
     if loss_type == "hinge":
         return 1.0  # max(0, 1 - β·0)
+    if loss_type == "kto":
+        return 0.5  # r = 0 and z0 = max(0, 0) = 0: λ (1 - σ(0)) with λ_D = λ_U = 1
+    if loss_type == "dro":  # ρ = 0 and V(x) = the mean reward (the head starts there): ½(r - r̄)² twice
+        rewards = [r.reward for r in _singles()]
+        mean = sum(rewards) / len(rewards)
+        return sum((r - mean) ** 2 for r in rewards) / len(rewards)
     logps, lengths = _initial_sequence_logps(model_path, pairs, "dpo")
     chosen_avg, rejected_avg = logps[:, 0] / lengths[:, 0], logps[:, 1] / lengths[:, 1]
     if loss_type == "rpo":
@@ -131,13 +155,15 @@ def _step1_worked_value(loss_type, cfg, model_path, pairs, lists):
 
 
 @pytest.mark.parametrize("loss_type", sorted(LOSSES))
-def test_every_loss_trains_from_its_worked_step1_value(tmp_path, pairs_file, lists_file, tiny_model_path, loss_type):
+def test_every_loss_trains_from_its_worked_step1_value(tmp_path, pairs_file, lists_file, singles_file, tiny_model_path,
+                                                       loss_type):
     """All records in one batch, so step 1 sees all of them; full finetuning, so the weights must move."""
     from safetensors.torch import load_file
 
     from selfalign.training.data import read_preferences
 
-    data = lists_file if LOSSES[loss_type].records == "list" else pairs_file
+    data = {"list": lists_file, "labeled": singles_file, "rewarded": singles_file}.get(LOSSES[loss_type].records,
+                                                                                      pairs_file)
     records = read_preferences(data, loss_type)
     cfg = TrainConfig(model=tiny_model_path, loss_type=loss_type, learning_rate=1e-3, max_steps=2,
                       per_device_train_batch_size=len(records), use_peft=False, report_to=[],
@@ -153,6 +179,92 @@ def test_every_loss_trains_from_its_worked_step1_value(tmp_path, pairs_file, lis
     after = load_file(Path(summary["output"]) / "model.safetensors")
     moved = [name for name in before if name in after and not torch.equal(before[name], after[name])]
     assert len(moved) >= len(before) // 2, f"only {len(moved)} of {len(before)} tensors changed"
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "dro"])
+def test_short_lora_run_on_single_completions(tmp_path, singles_file, loss_type):
+    """KTO and DRO on the default model: the loss falls, the adapter moves, and DRO's value head is saved beside the
+    adapter, not in it."""
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(model="default", loss_type=loss_type, learning_rate=2e-4, max_steps=5,
+                      per_device_train_batch_size=8, lora_r=8, lora_alpha=16, report_to=[])
+    summary = train(cfg, singles_file, tmp_path / loss_type)
+    steps = [json.loads(line) for line in (tmp_path / loss_type / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1]["loss"] < 0.9 * steps[0]["loss"], [s["loss"] for s in steps]  # every step sees all 8 records
+    final = Path(summary["output"])
+    adapter = load_file(final / "adapter_model.safetensors")
+    assert any(float(t.abs().max()) > 0 for name, t in adapter.items() if "lora_B" in name), "LoRA B starts at 0"
+    assert not any("value_head" in name for name in adapter)
+    if loss_type == "dro":
+        head = load_file(final / "value_head.safetensors")
+        assert set(head) == {"weight", "bias"} and float(head["weight"].abs().max()) > 0, "the head learned"
+        assert "value" in steps[-1] and "residual_sq" in steps[-1]
+    else:
+        assert not (final / "value_head.safetensors").exists()
+        assert "kl" in steps[-1] and "rewards/desirable" in steps[-1]
+
+
+def test_dro_value_head_resumes_from_its_checkpoint(tmp_path, singles_file, tiny_model_path):
+    """A run killed after step 2 and rerun ends with the same value head and policy as one that was not killed."""
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(model=tiny_model_path, loss_type="dro", learning_rate=1e-3, max_steps=3, save_steps=1,
+                      per_device_train_batch_size=4, lora_r=4, lora_alpha=8, report_to=[])
+    out = tmp_path / "run"
+    train(cfg, singles_file, out)
+    whole = load_file(out / "final" / "value_head.safetensors"), load_file(out / "final" / "adapter_model.safetensors")
+    import shutil
+
+    shutil.rmtree(out / "final")  # as if killed after the step-2 checkpoint
+    (out / "metrics.jsonl").write_text("".join((out / "metrics.jsonl").read_text().splitlines(True)[:2]))
+    assert (out / "checkpoints" / "step-2").is_dir()
+    summary = train(cfg, singles_file, out)
+    assert summary["steps"] == 3
+    resumed = load_file(out / "final" / "value_head.safetensors"), load_file(out / "final" / "adapter_model.safetensors")
+    for before, after in zip(whole, resumed):
+        for name in before:
+            assert torch.allclose(before[name], after[name], atol=1e-6), name
+    assert not torch.equal(whole[0]["weight"], torch.zeros_like(whole[0]["weight"]))
+
+
+def test_single_completion_without_its_label_or_reward_is_a_clear_error(tmp_path):
+    path = tmp_path / "singles.jsonl"
+    rows = [r.model_dump() for r in _singles(2)]
+    rows[2].pop("label")
+    rows[3]["reward"] = None
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataFileError, match=r"line 3.*label"):
+        train(TrainConfig(loss_type="kto", report_to=[]), path, tmp_path / "kto")
+    with pytest.raises(DataFileError, match=r"line 4.*reward"):
+        train(TrainConfig(loss_type="dro", report_to=[]), path, tmp_path / "dro")
+    assert not (tmp_path / "kto").exists() and not (tmp_path / "dro").exists()
+    one_prompt = tmp_path / "one.jsonl"
+    write_jsonl(one_prompt, _singles(1))
+    with pytest.raises(TrainingError, match="other prompts"):
+        train(TrainConfig(loss_type="kto", report_to=[]), one_prompt, tmp_path / "kto")
+
+
+def test_reference_pass_covers_only_the_records_the_steps_reach(tmp_path, pairs_file, tiny_model_path):
+    """3 steps of 2 pairs reach 6 of the 8 pairs; step 1 still starts at ln 2 (policy == reference)."""
+    from selfalign.training.data import tokenize_records
+    from selfalign.training.trainer import examples_in_use
+
+    cfg = TrainConfig(model=tiny_model_path, loss_type="dpo", max_steps=3, per_device_train_batch_size=2,
+                      report_to=[], lora_r=4)
+    examples = tokenize_records(_tokenizer(tiny_model_path), _pairs(), "dpo", 256, 128)
+    used = examples_in_use(examples, cfg, 0, 1, 3)
+    assert len(used) == 6 and len(examples_in_use(examples, cfg, 0, 1, 5)) == 8  # step 5 starts a second epoch
+    summary = train(cfg, pairs_file, tmp_path / "run")
+    assert summary["reference"] == {"from_sampler": 0, "computed": 6, "not_reached": 2}
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and len(steps) == 3
+
+
+def _tokenizer(path):
+    from selfalign.models import load_tokenizer
+
+    return load_tokenizer(path)
 
 
 def test_live_reference_equals_precomputed(tmp_path, pairs_file, tiny_model_path):

@@ -141,3 +141,55 @@ def test_simpo_parity_with_trl_cpo_loss(tiny_model_path, tmp_path):
     ours, chosen, _ = simpo_loss(pc, pr, lc, lr, beta=beta, gamma=gamma)
     torch.testing.assert_close(ours, trl_losses, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(chosen, trl_chosen, rtol=1e-6, atol=1e-7)
+
+
+KTO_ROWS = [
+    {"prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+     "completion": [{"role": "assistant", "content": "2 + 2 = 4. The answer is 4."}], "label": True},
+    {"prompt": [{"role": "user", "content": "Name a primary color."}],
+     "completion": [{"role": "assistant", "content": "Banana, which is a fruit and not a color at all."}], "label": False},
+    {"prompt": [{"role": "user", "content": "Say hello in French."}],
+     "completion": [{"role": "assistant", "content": "Bonjour!"}], "label": True},
+    {"prompt": [{"role": "user", "content": "What is 3 times 3?"}],
+     "completion": [{"role": "assistant", "content": "It is 12."}], "label": False},
+]
+
+
+@pytest.mark.parametrize("desirable_weight, undesirable_weight", [(1.0, 1.0), (1.3, 0.7)])
+def test_kto_parity_with_trl(tiny_model_path, tmp_path, desirable_weight, undesirable_weight):
+    """TRL's KTOTrainer loss on its own batch (completions and its rotated KL completions) against kto_loss on the
+    log-probs of the same rows, policy and reference different."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import KTOConfig, KTOTrainer
+
+    from selfalign.losses import kto_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in policy.parameters():  # the policy moved away from the reference: log-ratios and z0 are not 0
+            p.add_(torch.randn_like(p) * 0.02)
+    beta = 0.2
+    args = KTOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(KTO_ROWS), beta=beta,
+                     desirable_weight=desirable_weight, undesirable_weight=undesirable_weight, report_to=[],
+                     max_length=256, use_cpu=True)
+    trainer = KTOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(KTO_ROWS),
+                         processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        trl_loss = float(trainer.compute_loss(trainer.model, batch))
+        logps = {}
+        for prefix in ("", "KL_"):
+            inputs = (batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch[f"{prefix}completion_mask"])
+            logps[prefix] = sequence_logps(policy, *inputs)[0], sequence_logps(ref, *inputs)[0]
+    labels = torch.as_tensor(batch["label"], dtype=torch.float32)
+    assert 0 < labels.sum() < len(labels), "both classes in the batch"
+    z0 = float((logps["KL_"][0] - logps["KL_"][1]).mean())
+    assert z0 > 1e-3, f"z0 = {z0}: the KL estimate must be live for a real check"
+    losses, _, _ = kto_loss(logps[""][0], logps[""][1], logps["KL_"][0], logps["KL_"][1], labels, beta,
+                            desirable_weight, undesirable_weight)
+    assert float(losses.mean()) == pytest.approx(trl_loss, rel=1e-4, abs=1e-6)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from selfalign.generation import SamplingSettings
 from selfalign.judging.answers import extract_answer, majority_answer, normalize_number
 from selfalign.records import PromptRecord, group_by_prompt, prompt_id_of
+from selfalign.selection import SelectConfig
 
 
 class HeldoutConfig(BaseModel):
@@ -25,6 +26,7 @@ class HeldoutConfig(BaseModel):
     top_p: float = 1.0
     max_new_tokens: int = 128
     self_revision_rounds: int = 0
+    select: SelectConfig | None = None  # also the accuracy of one sample chosen from the k (MBR or self-verify)
 
 
 def _correct(text: str, gold: str) -> bool:
@@ -32,7 +34,9 @@ def _correct(text: str, gold: str) -> bool:
     return answer is not None and answer == (normalize_number(gold) or gold)
 
 
-def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, seed: int = 0) -> dict:
+def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, seed: int = 0,
+                     policy: str | None = None) -> dict:
+    """`policy`: the model's name, for `select` methods that judge with it (the engine's model when not given)."""
     prompts = [p for p in prompts if p.answer is not None][:cfg.limit]
     if not prompts:
         raise ValueError(f"{cfg.data}: no held-out prompts with an 'answer' field")
@@ -58,6 +62,14 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
             majority.append(top is not None and top == (normalize_number(p.answer) or p.answer))
             any_right.append(any(right))
         n = len(sampled_prompts)
+        if cfg.select is not None:
+            from selfalign.selection import make_selector
+
+            select, stats = make_selector(cfg.select, policy or getattr(engine, "model_name", None) or engine.model)
+            chosen = {s.prompt_id: s for s in select(sampled)}
+            picked = [_correct(chosen[pid].text, p.answer) for pid, p in zip(ids, sampled_prompts)]
+            result.update({f"selected_{cfg.select.method}_accuracy": sum(picked) / n,
+                           "selected_correct": [int(c) for c in picked], "select_stats": dict(stats)})
         greedy_same_prompts = sum(greedy_correct[:n]) / n  # the gap compares like with like
         result.update(sampled_num_prompts=n, sampled_accuracy=sum(sample_acc) / n,
                       **{f"majority_at_{cfg.k}": sum(majority) / n, f"pass_at_{cfg.k}": sum(any_right) / n},

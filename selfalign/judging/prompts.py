@@ -83,3 +83,16 @@ def parse_pair_verdict(judgment: str) -> str | None:
         return None
     verdict = found.pop()
     return "tie" if verdict == "C" else verdict
+
+
+_STANDALONE_LETTER = re.compile(r"\b([AB])\b")
+
+
+def parse_letter_verdict(judgment: str) -> str | None:
+    """'A' or 'B' from an answer to PAIRWISE_LETTER: a bracketed verdict, else the one capital letter A or B that
+    stands alone in the reply ("A", "[B]", "The better choice is A."); None when both or neither appear."""
+    found = parse_pair_verdict(judgment)
+    if found is not None:
+        return found
+    letters = set(_STANDALONE_LETTER.findall(judgment))
+    return letters.pop() if len(letters) == 1 else None

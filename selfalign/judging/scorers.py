@@ -18,13 +18,20 @@ class JudgeConfig(BaseModel):
     """How samples are scored: a recipe's `judge:` step, or `selfalign judge --config`."""
 
     model_config = ConfigDict(extra="forbid")
-    scorer: Literal["self-consistency", "llm-judge", "reward-model"] = "self-consistency"
+    scorer: Literal["self-consistency", "llm-judge", "reward-model", "mbr"] = "self-consistency"
     mode: Literal["pointwise", "pairwise"] = Field("pairwise", description="llm-judge: 1-10 ratings or round robin")
     judge_model: str = Field("policy", description="'policy' (the model being trained: self-rewarding; outside "
                              "`selfalign run`, the default model), a model name or folder, or an endpoint's model")
     judge_base_url: str | None = Field(None, description="an OpenAI-compatible endpoint (.../v1)")
     judge_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
     use_logprobs: bool = Field(True, description="pairwise: read preferences from answer-letter probabilities")
+    utility: Literal["chrf", "rouge-l", "bleu", "embedding", "llm-judge"] = Field(
+        "chrf", description="mbr: the utility of a sample against each pseudo-reference (llm-judge: judge_model's "
+        "pairwise preference)")
+    mbr_references: int | None = Field(8, ge=1, description="mbr: pseudo-references per sample (cost k x this; "
+                                       "None: all k-1 others, cost k²)")
+    embedding_model: str = Field("default", description="mbr with utility embedding: a sentence-embedding model "
+                                 "(hub id or folder)")
     concurrency: int = Field(8, ge=1, description="endpoint requests in flight")
     judge_timeout: float = Field(300.0, gt=0, description="endpoint: seconds one request may take, retries included")
     on_judge_error: Literal["stop", "abstain"] = Field("stop", description="endpoint: when a request's time is spent, "
@@ -57,6 +64,19 @@ def make_scorer(config: JudgeConfig, cache_path: Path | None = None) -> tuple[Sc
         from selfalign.judging.self_consistency import score_self_consistency
 
         return score_self_consistency, stats
+    if config.scorer == "mbr":
+        from selfalign.judging.mbr import EmbeddingUtility, judge_utility, metric_utility, score_mbr
+
+        if config.utility == "embedding":
+            utility = EmbeddingUtility(config.embedding_model)
+        elif config.utility == "llm-judge":
+            backend = make_judge_backend(judge_model, config.judge_base_url, config.judge_api_key_env,
+                                         config.concurrency, cache_path, timeout=config.judge_timeout,
+                                         on_error=config.on_judge_error, stats=stats)
+            utility = judge_utility(backend, config.use_logprobs, stats)
+        else:
+            utility = metric_utility(config.utility)
+        return (lambda group: score_mbr(group, utility, config.mbr_references, config.utility)), stats
     if config.scorer == "reward-model":
         from selfalign.judging.reward_model import RewardModelScorer
 

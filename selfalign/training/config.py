@@ -19,6 +19,9 @@ class TrainConfig(BaseModel):
     alpha: float = Field(1.0, ge=0, description="NLL weight for rpo/scpo; self-vs-generative mix for srpo (unset: 0.8)")
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target margin γ")
     lipo_lambda_weights: bool = Field(True, description="LiPO-λ's Δ weights (False: every ordered pair weighs 1)")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO's λ_D, the weight of desirable completions")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO's λ_U, the weight of undesirable completions")
+    value_learning_rate: float = Field(1e-3, gt=0, description="DRO: learning rate of the value head V(x)")
 
     learning_rate: float = Field(5e-6, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)

@@ -1,7 +1,8 @@
 """Preference data as groups of (prompt, completion) sequences that go through the model in one forward.
 
 A DPO-family pair is 2 sequences (chosen, rejected); a ranked list is K; an SRPO pair is 6 (the two answers after
-the plain prompt and after the revision prompts built from each answer). Prompt tokens are masked out of the
+the plain prompt and after the revision prompts built from each answer); a KTO single is 2 (its completion, and a
+completion of another prompt after its prompt, for the KL estimate); a DRO single is 1. Prompt tokens are masked out of the
 log-probs through `completion_mask`.
 """
 
@@ -15,7 +16,7 @@ import torch
 
 from selfalign.datasets_io import read_records
 from selfalign.losses import LOSSES
-from selfalign.records import Message, PreferencePair, RankedList
+from selfalign.records import LabeledCompletion, Message, PreferencePair, RankedList, RewardedCompletion
 from selfalign.revision import revision_messages
 
 def _pair_sequences(record: PreferencePair) -> list[tuple[list[Message], list[Message]]]:
@@ -35,6 +36,10 @@ def _list_sequences(record: RankedList) -> list[tuple[list[Message], list[Messag
     return [(record.prompt, completion) for completion in record.completions]
 
 
+def _single_sequences(record: LabeledCompletion | RewardedCompletion) -> list[tuple[list[Message], list[Message]]]:
+    return [(record.prompt, record.completion)]
+
+
 @dataclass(frozen=True)
 class RecordKind:
     """What one training record is, how it becomes sequences, and the names of those sequences' columns (the
@@ -42,6 +47,7 @@ class RecordKind:
     record_type: type
     sequences: Callable
     columns: tuple[str, ...] | None
+    mismatched_column: bool = False  # the last column is filled by `tokenize_records`: another prompt's completion
 
 
 RECORD_KINDS = {
@@ -49,6 +55,9 @@ RECORD_KINDS = {
     # SRPO's r(a) and r(a|b): w = chosen, l = rejected, "w_given_l" = w after the revision prompt built from l.
     "srpo": RecordKind(PreferencePair, _srpo_sequences, ("w", "l", "w_given_l", "l_given_l", "w_given_w", "l_given_w")),
     "list": RecordKind(RankedList, _list_sequences, None),
+    # KTO: the completion, then (this prompt, another prompt's completion) for the KL reference point z0.
+    "labeled": RecordKind(LabeledCompletion, _single_sequences, ("completion", "kl"), mismatched_column=True),
+    "rewarded": RecordKind(RewardedCompletion, _single_sequences, ("completion",)),
 }
 
 
@@ -99,6 +108,8 @@ def _recorded_samples(record, loss_type: str) -> list[tuple[list[int], float]] |
         return None
     if isinstance(record, RankedList):
         token_ids, logps = record.completion_token_ids, record.ref_logps
+    elif isinstance(record, (LabeledCompletion, RewardedCompletion)):
+        token_ids, logps = [record.completion_token_ids], [record.ref_logps]
     else:
         token_ids = [record.chosen_token_ids, record.rejected_token_ids]
         logps = [record.ref_chosen_logps, record.ref_rejected_logps]
@@ -118,6 +129,7 @@ def tokenize_records(tokenizer, records, loss_type: str, max_length: int, max_pr
     tokenizer writes two newlines), and then the sampler's log-probs are its exact reference (`sampler_reference`),
     unless a cut at max_prompt_length or max_length changed the sequence."""
     examples = []
+    kind = record_kind(loss_type)
     for index, record in enumerate(records):
         recorded = _recorded_samples(record, loss_type)
         sequences, exact = [], recorded is not None
@@ -136,8 +148,29 @@ def tokenize_records(tokenizer, records, loss_type: str, max_length: int, max_pr
             "weight": getattr(record, "weight", 1.0),
             "scores": list(record.scores) if isinstance(record, RankedList) else [1.0, 0.0],
             "sampler_reference": [float(logp) for _, logp in recorded] if exact else None,
+            "label": float(bool(getattr(record, "label", None))),
+            "reward": float(getattr(record, "reward", None) or 0.0),
         })
+    if kind.mismatched_column:
+        _add_mismatched_completions(examples, records, max_length)
     return examples
+
+
+def _add_mismatched_completions(examples: list[dict], records, max_length: int) -> None:
+    """KTO's KL sequences: each record's prompt with the completion of the nearest earlier record (cyclically) that
+    answers another prompt. TRL rotates completions by one within a batch; here a prompt's k samples sit side by
+    side, so a plain rotation would mostly pair a prompt with its own samples and estimate the matched, not the
+    mismatched, KL. The sampler never produced these sequences, so their reference is always computed."""
+    if len({r.prompt_id for r in records}) < 2:  # the trainer says so first, naming the file
+        raise ValueError("KTO's KL estimate needs completions of at least two prompts")
+    for index, example in enumerate(examples):
+        partner = (index - 1) % len(examples)
+        while records[partner].prompt_id == records[index].prompt_id:
+            partner = (partner - 1) % len(examples)
+        prompt_ids = example["sequences"][0][0]
+        other_completion = examples[partner]["sequences"][0][1]
+        example["sequences"].append((prompt_ids, other_completion[:max(1, max_length - len(prompt_ids))]))
+        example["sampler_reference"] = None
 
 
 def collate(examples: list[dict], pad_token_id: int) -> dict:
@@ -162,6 +195,7 @@ def collate(examples: list[dict], pad_token_id: int) -> dict:
     return {
         "input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask,
         "group_size": group, "weights": torch.tensor([float(e["weight"]) for e in examples]),
+        "labels": torch.tensor([e["label"] for e in examples]), "rewards": torch.tensor([e["reward"] for e in examples]),
         "scores": torch.tensor(scores), "sequence_mask": torch.tensor(sequence_mask),
         "index": torch.tensor([e["index"] for e in examples]),
         **_shared_prompt_layout(rows, group, pad_token_id),

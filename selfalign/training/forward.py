@@ -59,3 +59,16 @@ def batch_logps(model, batch: dict, device, share_prompt: bool = True) -> tuple[
             return result
     return sequence_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
                           batch["completion_mask"].to(device))
+
+
+@torch.no_grad()
+def prompt_states(model, batch: dict, device) -> torch.Tensor:
+    """Each row's prompt representation: the last layer's hidden state at the prompt's last token, (rows, hidden),
+    in fp32 and without gradient, so a value head trained on it does not move the policy (DRO-V's separate policy
+    and value updates)."""
+    prompt_ids = batch["prompt_input_ids"].to(device)
+    prompt_mask = batch["prompt_attention_mask"].to(device)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=False,
+                output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[-1][:, -1].float()[batch["row_prompt"].to(device)]

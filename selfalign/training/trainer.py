@@ -26,8 +26,9 @@ from selfalign.io import records_sha256, write_json
 from selfalign.losses import LOSSES
 from selfalign.progress import progress_bar
 from selfalign.training.config import TrainConfig
-from selfalign.training.data import collate, read_preferences, tokenize_records
+from selfalign.training.data import collate, read_preferences, record_kind, tokenize_records
 from selfalign.training.forward import batch_logps
+from selfalign.training.value_head import add_value_head, split_value_head, values_for
 from selfalign.training.objective import preference_loss
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,19 @@ def _batches(examples: list[dict], cfg: TrainConfig, epoch: int, rank: int, worl
     return [[examples[i] for i in order[start + rank * cfg.per_device_train_batch_size:
                                         start + (rank + 1) * cfg.per_device_train_batch_size]]
             for start in range(0, usable, per_step)]
+
+
+def examples_in_use(examples: list[dict], cfg: TrainConfig, rank: int, world: int, total_steps: int) -> list[dict]:
+    """The examples this rank's first `total_steps` optimizer steps will see (the batches are a seeded function of
+    the epoch): a run whose max_steps ends before an epoch does needs no reference for the rest."""
+    micro_batches, used, epoch = total_steps * cfg.gradient_accumulation_steps, {}, 0
+    while micro_batches > 0:
+        batches = _batches(examples, cfg, epoch, rank, world)[:micro_batches]
+        for chunk in batches:
+            used.update((e["index"], e) for e in chunk)
+        micro_batches -= len(batches)
+        epoch += 1
+    return list(used.values())
 
 
 @torch.no_grad()
@@ -233,6 +247,9 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     records = read_preferences(pairs_path, cfg.loss_type, split)
     if not records:
         raise TrainingError(f"{pairs_path}: no preference records to train on")
+    if record_kind(cfg.loss_type).mismatched_column and len({r.prompt_id for r in records}) < 2:
+        raise TrainingError(f"{pairs_path}: {cfg.loss_type} estimates its KL reference point from completions of "
+                            "other prompts, and all records answer one prompt")
     fingerprint = run_fingerprint(cfg, records)
     accelerator = make_accelerator(cfg, out_dir)
     torch.manual_seed(cfg.seed)
@@ -259,7 +276,12 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     # Model, reference, optimizer.
     model = load_policy(cfg, accelerator.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    groups = [{"params": trainable}]
+    if LOSSES[cfg.loss_type].needs_value:
+        head = add_value_head(model, records)
+        groups.append({"params": list(head.parameters()), "lr": cfg.value_learning_rate, "weight_decay": 0.0})
+        trainable = trainable + list(head.parameters())
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     # Prepared before any forward: under ZeRO-3 the parameters are partitioned from loading on.
@@ -268,10 +290,12 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     if LOSSES[cfg.loss_type].needs_reference:
         # The sampler's log-probs are the reference where they match the trainer's tokens; a pass before the first
         # step (the weights are still the reference's) computes the rest.
-        recorded = {e["index"]: torch.tensor(e["sampler_reference"]) for e in examples
+        in_use = examples_in_use(examples, cfg, rank, world, total_steps)
+        recorded = {e["index"]: torch.tensor(e["sampler_reference"]) for e in in_use
                     if cfg.sampler_reference and e["sampler_reference"] is not None}
-        missing = [e for e in examples if e["index"] not in recorded]
-        reference_counts = {"from_sampler": len(recorded), "computed": len(missing)}
+        missing = [e for e in in_use if e["index"] not in recorded]
+        reference_counts = {"from_sampler": len(recorded), "computed": len(missing),
+                            "not_reached": len(examples) - len(in_use)}
         if recorded:
             accelerator.print(f"reference log-probs: {len(recorded)} records from the sampler, {len(missing)} computed")
         if cfg.precompute_ref_log_probs or recorded:
@@ -313,7 +337,8 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
                 group = batch["group_size"]
                 logps, lengths = logps.view(-1, group), lengths.view(-1, group)
                 ref = _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group)
-                loss, metrics = preference_loss(cfg, logps, ref, lengths, batch)
+                values = values_for(batch, model, accelerator, cfg, group)
+                loss, metrics = preference_loss(cfg, logps, ref, lengths, batch, values)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -383,6 +408,7 @@ def _save_final(accelerator, model, tokenizer, cfg: TrainConfig, out_dir: Path) 
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped = accelerator.unwrap_model(model)
+        state_dict = split_value_head(unwrapped, state_dict, tmp)
         unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "selfalign_lineage.json", {"base_model": resolve_model(cfg.model), "loss_type": cfg.loss_type,
