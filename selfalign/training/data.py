@@ -16,7 +16,8 @@ import torch
 
 from selfalign.datasets_io import read_records
 from selfalign.losses import LOSSES
-from selfalign.records import LabeledCompletion, Message, PreferencePair, RankedList, RewardedCompletion
+from selfalign.records import (LabeledCompletion, Message, PreferencePair, RankedList, RewardedCompletion,
+                               SingleCompletion)
 from selfalign.revision import revision_messages
 
 def _pair_sequences(record: PreferencePair) -> list[tuple[list[Message], list[Message]]]:
@@ -108,7 +109,7 @@ def _recorded_samples(record, loss_type: str) -> list[tuple[list[int], float]] |
         return None
     if isinstance(record, RankedList):
         token_ids, logps = record.completion_token_ids, record.ref_logps
-    elif isinstance(record, (LabeledCompletion, RewardedCompletion)):
+    elif isinstance(record, SingleCompletion):
         token_ids, logps = [record.completion_token_ids], [record.ref_logps]
     else:
         token_ids = [record.chosen_token_ids, record.rejected_token_ids]
