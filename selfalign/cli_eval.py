@@ -15,9 +15,25 @@ eval_app = typer.Typer(no_args_is_help=True, help="Benchmarks: gsm8k, mt-bench, 
                        "compare two runs.")
 
 
+SELECT_HELP = "mbr | self-verify: answer with one of --n samples, chosen by MBR consensus or by the model's own rating"
+UTILITY_HELP = "--select mbr: chrf | rouge-l | bleu | embedding | llm-judge  [default: chrf]"
+
+
+def _selection(model: str, select: Optional[str], utility: Optional[str], n: Optional[int]):
+    """(SelectConfig, select function) for `--select`, or None."""
+    if select is None:
+        if utility is not None or n is not None:
+            _fail("--utility and --n choose how --select picks an answer: give --select too")
+        return None
+    from selfalign.selection import SelectConfig, make_selector
+
+    config = load_config(SelectConfig, None, {"method": select, "utility": utility, "n": n})
+    return config, make_selector(config, model)[0]
+
+
 def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: Optional[Path], limit: Optional[int],
           engine: str, judge: Optional[str] = None, judge_base_url: Optional[str] = None,
-          judge_api_key_env: str = "OPENAI_API_KEY") -> None:
+          judge_api_key_env: str = "OPENAI_API_KEY", selection=None) -> None:
     from selfalign.evaluation import run as runners
     from selfalign.evaluation.common import load_protocol
     from selfalign.generation import get_engine
@@ -30,13 +46,13 @@ def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: O
         out.mkdir(parents=True, exist_ok=True)
         gen = get_engine(engine, model)
         if benchmark == "gsm8k":
-            result = runners.run_gsm8k(gen, model, out, protocol, data, limit)
+            result = runners.run_gsm8k(gen, model, out, protocol, data, limit, selection)
         else:
             backend, local = runners.make_judge(judge or model, judge_base_url, judge_api_key_env,
                                                 out / "judge_cache.jsonl",
                                                 protocol.get("judge_max_new_tokens", 2048))
             run = runners.run_mt_bench if benchmark == "mt_bench" else runners.run_alpaca_eval
-            result = run(gen, model, out, protocol, data, limit, backend, local)
+            result = run(gen, model, out, protocol, data, limit, backend, local, selection)
     except (FileNotFoundError, ModelNotFoundError, ValueError) as e:
         _fail(str(e))
     if result.get("judge_note"):
@@ -49,9 +65,12 @@ def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: O
 def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(...),
                data: Optional[Path] = typer.Option(None, help="local JSONL {question, answer} (default: the hub)"),
                config: Optional[Path] = typer.Option(None, help="protocol YAML (default: evals/gsm8k.yaml)"),
-               limit: Optional[int] = None, engine: str = "auto") -> None:
+               limit: Optional[int] = None, engine: str = "auto",
+               select: Optional[str] = typer.Option(None, help=SELECT_HELP),
+               utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
+               n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]")) -> None:
     """GSM8K: strict-match and flexible-extract accuracy (lm-evaluation-harness conventions)."""
-    _eval("gsm8k", model, out, data, config, limit, engine)
+    _eval("gsm8k", model, out, data, config, limit, engine, selection=_selection(model, select, utility, n))
 
 
 @eval_app.command("mt-bench")
@@ -59,9 +78,13 @@ def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option
                   data: Optional[Path] = typer.Option(None, help="FastChat-layout folder"),
                   judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name"),
                   judge_base_url: Optional[str] = None, judge_api_key_env: str = "OPENAI_API_KEY",
-                  config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto") -> None:
+                  config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto",
+                  select: Optional[str] = typer.Option(None, help=SELECT_HELP),
+                  utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
+                  n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]")) -> None:
     """MT-Bench: two-turn answers, single-answer grading 1-10 (FastChat conventions and file formats)."""
-    _eval("mt_bench", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env)
+    _eval("mt_bench", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
+          _selection(model, select, utility, n))
 
 
 @eval_app.command("alpaca-eval")
@@ -69,9 +92,13 @@ def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(.
                 data: Optional[Path] = typer.Option(None, help="alpaca_eval folder (default: the hub)"),
                 judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name"),
                 judge_base_url: Optional[str] = None, judge_api_key_env: str = "OPENAI_API_KEY",
-                config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto") -> None:
+                config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto",
+                select: Optional[str] = typer.Option(None, help=SELECT_HELP),
+                utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
+                n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]")) -> None:
     """AlpacaEval 2.0: win rate against gpt4_1106_preview with the weighted (log-prob) annotator."""
-    _eval("alpaca_eval", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env)
+    _eval("alpaca_eval", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
+          _selection(model, select, utility, n))
 
 
 @eval_app.command("heldout")

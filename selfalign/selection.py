@@ -23,6 +23,13 @@ class SelectConfig(BaseModel):
     utility: Literal["chrf", "rouge-l", "bleu", "embedding", "llm-judge"] = "chrf"
     mbr_references: int | None = Field(8, ge=1)
     embedding_model: str = "default"
+    n: int = Field(4, ge=2, description="`selfalign eval gsm8k|mt-bench|alpaca-eval --select`: samples per answer")
+    temperature: float = Field(0.7, gt=0, description="... and their temperature")
+
+    def tag(self) -> str:
+        """A file-name tag, so that answers chosen one way never resume answers chosen another way."""
+        utility = f"-{self.utility}" if self.method == "mbr" else ""
+        return f"select-{self.method}{utility}-n{self.n}-t{self.temperature:g}"
 
 
 def make_selector(config: SelectConfig, model: str) -> tuple[Callable[[list[Sample]], list[ScoredSample]], Counter]:

@@ -211,3 +211,41 @@ def test_gsm8k_cli_on_local_slice(tmp_path, shared_data):
     assert result.exit_code == 0, result.output
     numbers = json.loads((out / "results.json").read_text())["numbers"]
     assert numbers["n"] == 3 and set(numbers) >= {"strict-match", "flexible-extract"}
+
+
+def test_evaluators_answer_with_the_selected_sample(tmp_path, shared_data, tiny_model_path):
+    """--select mbr: each answer is the MBR choice among --n samples (checked against the samples' own chrF MBR
+    scores), written under a file name of its own so it never resumes plain answers; the settings record it."""
+    from selfalign.evaluation.run import _answers
+    from selfalign.generation import SamplingSettings, get_engine
+    from selfalign.judging.mbr import mbr_scores, metric_utility
+    from selfalign.selection import SelectConfig, make_selector
+
+    config = SelectConfig(method="mbr", n=3, temperature=1.0)
+    engine = get_engine("hf", tiny_model_path, seed=5)
+    chats = [[{"role": "user", "content": "Say hi."}], [{"role": "user", "content": "Count to three."}]]
+    settings = SamplingSettings(temperature=0.0, max_new_tokens=8, seed=5)
+    chosen = _answers(engine, chats, settings, (config, make_selector(config, tiny_model_path)[0]))
+    again = get_engine("hf", tiny_model_path, seed=5)  # the same seeded samples, to check the choice against
+    from selfalign.records import PromptRecord
+
+    samples = again.generate([PromptRecord(id=str(i), messages=c) for i, c in enumerate(chats)],
+                             settings.model_copy(update={"n": 3, "temperature": 1.0}))
+    for i, text in enumerate(chosen):
+        group = [s.text for s in samples if s.prompt_id == str(i)]
+        scores = mbr_scores(group, metric_utility("chrf"), 8)
+        assert text == group[scores.index(max(scores))]
+
+    data = tmp_path / "slice.jsonl"
+    data.write_text("".join((shared_data / "gsm8k" / "train.jsonl").read_text().splitlines(keepends=True)[:2]))
+    protocol = _small_protocol(tmp_path, "gsm8k", generation={"temperature": 0.0, "max_new_tokens": 16, "stop": []})
+    out = tmp_path / "g"
+    result = runner.invoke(app, ["eval", "gsm8k", "--model", tiny_model_path, "--out", str(out), "--data", str(data),
+                                 "--config", str(protocol), "--engine", "hf", "--select", "mbr", "--n", "2"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["select"]["method"] == "mbr" and results["numbers"]["n"] == 2
+    assert (out / f"outputs.{SelectConfig(method='mbr', n=2).tag()}.jsonl").exists()
+    assert not (out / "outputs.jsonl").exists()
+    bad = runner.invoke(app, ["eval", "gsm8k", "--model", tiny_model_path, "--out", str(out), "--n", "2"])
+    assert bad.exit_code == 2 and "give --select too" in bad.output

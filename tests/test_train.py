@@ -437,3 +437,25 @@ def test_two_process_run_ends_with_identical_weights(tmp_path, pairs_file, tiny_
     trained = load_file(str(out / "final" / "model.safetensors"))
     initial = load_file(str(Path(tiny_model_path) / "model.safetensors"))
     assert any((trained[k] - initial[k]).abs().max() > 1e-5 for k in initial), "training changed the weights"
+
+
+def test_kto_kl_column_runs_without_autograd_and_equals_the_joint_forward(tiny_model_path):
+    from transformers import AutoModelForCausalLM
+
+    from selfalign.training.data import collate, tokenize_records
+    from selfalign.training.forward import batch_logps
+    from selfalign.training.trainer import policy_logps
+
+    cfg = TrainConfig(model=tiny_model_path, loss_type="kto", report_to=[])
+    chunk = tokenize_records(_tokenizer(tiny_model_path), _singles(3), "kto", 256, 128)
+    pad = _tokenizer(tiny_model_path).pad_token_id
+    batch = collate(chunk, pad)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    split, lengths = policy_logps(model, chunk, batch, pad, "cpu", cfg)
+    joint, joint_lengths = batch_logps(model, batch, "cpu")
+    assert torch.allclose(split, joint.view(-1, 2), atol=2e-4) and torch.equal(lengths, joint_lengths.view(-1, 2))
+    params = [p for p in model.parameters() if p.requires_grad]
+    from_kl = torch.autograd.grad(split[:, 1].sum(), params, allow_unused=True, retain_graph=True)
+    assert all(g is None or not g.any() for g in from_kl), "the KL column carries no graph"
+    from_completions = torch.autograd.grad(split[:, 0].sum(), params, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in from_completions)

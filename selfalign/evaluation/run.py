@@ -31,16 +31,33 @@ def _generate(engine, chats: list[list[dict]], settings: SamplingSettings) -> li
     return [[s.text for s in by_prompt[str(i)]] for i in range(len(chats))]
 
 
-def run_gsm8k(engine, model: str, out: Path, protocol: dict, data: Path | None, limit: int | None) -> dict:
+def _answers(engine, chats: list[list[dict]], settings: SamplingSettings, selection=None) -> list[str]:
+    """One answer per chat: the engine's under `settings`, or with `selection` (config, select) the one chosen from
+    config.n samples at config.temperature by MBR or self-verification."""
+    if selection is None:
+        return [texts[0] for texts in _generate(engine, chats, settings)]
+    config, select = selection
+    prompts = [PromptRecord(id=str(i), messages=c) for i, c in enumerate(chats)]
+    samples = engine.generate(prompts, settings.model_copy(update={"n": config.n, "temperature": config.temperature}))
+    chosen = {s.prompt_id: s.text for s in select(samples)}
+    return [chosen[str(i)] for i in range(len(chats))]
+
+
+def _outputs_name(selection, stem: str = "outputs") -> str:
+    return f"{stem}.jsonl" if selection is None else f"{stem}.{selection[0].tag()}.jsonl"
+
+
+def run_gsm8k(engine, model: str, out: Path, protocol: dict, data: Path | None, limit: int | None,
+              selection=None) -> dict:
     rows = g8.load_gsm8k(protocol, data)[:limit]
     gen = protocol["generation"]
     greedy = SamplingSettings(temperature=0.0, max_new_tokens=gen["max_new_tokens"], stop=gen.get("stop", []))
 
     def answer(part):
-        texts = _generate(engine, [g8.messages_for(r["question"], protocol) for r in part], greedy)
-        return [{"id": r["id"], "question": r["question"], "gold": r["gold"], "output": t[0]} for r, t in zip(part, texts)]
+        texts = _answers(engine, [g8.messages_for(r["question"], protocol) for r in part], greedy, selection)
+        return [{"id": r["id"], "question": r["question"], "gold": r["gold"], "output": t} for r, t in zip(part, texts)]
 
-    done = resumable(out / "outputs.jsonl", rows, lambda r: r["id"], answer, chunk=32)
+    done = resumable(out / _outputs_name(selection), rows, lambda r: r["id"], answer, chunk=32)
     outputs = [done[str(r["id"])]["output"] for r in rows]
     numbers = g8.score(outputs, [r["gold"] for r in rows])
     k = int(protocol.get("majority_k") or 0)
@@ -55,15 +72,21 @@ def run_gsm8k(engine, model: str, out: Path, protocol: dict, data: Path | None, 
         samples = resumable(out / f"samples_k{k}.jsonl", rows, lambda r: r["id"], sample, chunk=16)
         numbers[f"majority@{k}"] = g8.majority_score([samples[str(r["id"])]["samples"] for r in rows],
                                                      [r["gold"] for r in rows])
-    return write_results(out, "gsm8k", model, None, numbers, {"protocol": protocol, "limit": limit,
+    return write_results(out, "gsm8k", model, None, numbers, {"protocol": protocol, "limit": limit, **_selected(selection),
                                                              "data": str(data) if data else protocol["data"]}, False)
 
 
+def _selected(selection) -> dict:
+    return {} if selection is None else {"select": selection[0].model_dump()}
+
+
 def run_mt_bench(engine, model: str, out: Path, protocol: dict, data: Path, limit: int | None, judge,
-                 local_judge: bool) -> dict:
+                 local_judge: bool, selection=None) -> dict:
     questions, prompts, references = mt.load_mt_bench(data, protocol["reference_model"])
     questions = questions[:limit]
     model_id = Path(model).name if Path(model).exists() else model.replace("/", "_")
+    if selection is not None:  # FastChat names answer files by model id: the selected answers are another "model"
+        model_id = f"{model_id}.{selection[0].tag()}"
 
     def answer(part):
         """Turn 1 for all, then turn 2 after each question's own first answer; per-category temperatures."""
@@ -81,8 +104,8 @@ def run_mt_bench(engine, model: str, out: Path, protocol: dict, data: Path, limi
                                  {"role": "user", "content": q["turns"][1]}]
                     chats.append(chat)
                 settings = SamplingSettings(temperature=temperature, max_new_tokens=protocol["max_new_tokens"])
-                for q, texts in zip(group, _generate(engine, chats, settings)):
-                    turns[q["question_id"]].append(texts[0])
+                for q, text in zip(group, _answers(engine, chats, settings, selection)):
+                    turns[q["question_id"]].append(text)
         return [mt.answer_record(q["question_id"], model_id, turns[q["question_id"]]) for q in part]
 
     answers = resumable(out / "model_answer" / f"{model_id}.jsonl", questions, lambda q: q["question_id"], answer)
@@ -99,24 +122,28 @@ def run_mt_bench(engine, model: str, out: Path, protocol: dict, data: Path, limi
                        lambda item: f"{item[0]['question_id']}-{item[1]}", grade, chunk=8)
     numbers = mt.summarize(list(judged.values()), questions)
     return write_results(out, "mt_bench", model, judge.name, numbers, {"protocol": protocol, "limit": limit,
-                                                                      "data": str(data)}, local_judge)
+                                                                      "data": str(data), **_selected(selection)},
+                         local_judge)
 
 
 def run_alpaca_eval(engine, model: str, out: Path, protocol: dict, data: Path | None, limit: int | None, judge,
-                    local_judge: bool) -> dict:
+                    local_judge: bool, selection=None) -> dict:
     rows = ae.load_alpaca_eval(data, protocol["reference"])[:limit]
     for i, row in enumerate(rows):
         row["id"] = i
     settings = SamplingSettings(temperature=protocol["temperature"], max_new_tokens=protocol["max_new_tokens"])
 
     def answer(part):
-        texts = _generate(engine, [[{"role": "user", "content": r["instruction"]}] for r in part], settings)
-        return [{"id": r["id"], "output": t[0]} for r, t in zip(part, texts)]
+        texts = _answers(engine, [[{"role": "user", "content": r["instruction"]}] for r in part], settings, selection)
+        return [{"id": r["id"], "output": t} for r, t in zip(part, texts)]
 
-    done = resumable(out / "outputs.jsonl", rows, lambda r: r["id"], answer)
+    done = resumable(out / _outputs_name(selection), rows, lambda r: r["id"], answer)
     outputs = [done[str(r["id"])]["output"] for r in rows]
     generator = Path(model).name if Path(model).exists() else model
-    write_json(out / "model_outputs.json", ae.model_outputs_json(rows, outputs, generator))
+    if selection is not None:
+        generator = f"{generator}.{selection[0].tag()}"
+    write_json(out / _outputs_name(selection, "model_outputs").replace(".jsonl", ".json"),
+               ae.model_outputs_json(rows, outputs, generator))
     template = ae.judge_template(data)
     requests = ae.judge_pairs(rows, outputs, protocol["seed"])
     for request, row in zip(requests, rows):
@@ -129,7 +156,8 @@ def run_alpaca_eval(engine, model: str, out: Path, protocol: dict, data: Path | 
         return [{"id": r["id"], "model_token": r["model_token"],
                  "preference": None if p is None else p[r["model_token"]]} for r, p in zip(part, probs)]
 
-    annotations = resumable(out / "annotations.jsonl", requests, lambda r: r["id"], annotate, chunk=8)
+    annotations = resumable(out / _outputs_name(selection, "annotations"), requests, lambda r: r["id"], annotate,
+                            chunk=8)
     preferences = [annotations[str(r["id"])]["preference"] for r in rows]
     valid = [p for p in preferences if p is not None]
     if not valid:
@@ -140,7 +168,7 @@ def run_alpaca_eval(engine, model: str, out: Path, protocol: dict, data: Path | 
                "avg_length": sum(map(len, outputs)) / len(outputs)}
     return write_results(out, "alpaca_eval", model, judge.name, numbers,
                          {"protocol": protocol, "limit": limit, "data": str(data) if data else "tatsu-lab/alpaca_eval",
-                          **lc_settings}, local_judge)
+                          **lc_settings, **_selected(selection)}, local_judge)
 
 
 def _safe(name: str) -> str:

@@ -142,6 +142,21 @@ def reference_logps(model, unwrapped, examples: list[dict], cfg: TrainConfig, pa
     return out
 
 
+def policy_logps(model, chunk: list[dict], batch: dict, pad_id: int, device, cfg: TrainConfig):
+    """(B, S) log-probs and lengths under the policy. KTO's KL column feeds z0, which has no gradient: it runs
+    without autograd, so its activations are not kept for a backward that would give them nothing (TRL's
+    KTOTrainer does the same)."""
+    if not record_kind(cfg.loss_type).mismatched_column:
+        logps, lengths = batch_logps(model, batch, device, share_prompt(cfg))
+        return logps.view(-1, batch["group_size"]), lengths.view(-1, batch["group_size"])
+    own = collate([{**e, "sequences": e["sequences"][:-1]} for e in chunk], pad_id)
+    mismatched = collate([{**e, "sequences": e["sequences"][-1:]} for e in chunk], pad_id)
+    logps, lengths = batch_logps(model, own, device, share_prompt(cfg))
+    with torch.no_grad():
+        kl_logps, kl_lengths = batch_logps(model, mismatched, device, share_prompt(cfg))
+    return torch.stack([logps, kl_logps], 1), torch.stack([lengths, kl_lengths], 1)
+
+
 def share_prompt(cfg: TrainConfig) -> bool:
     """The shared-prompt forward needs the model's key/value cache, which gradient checkpointing turns off."""
     return cfg.share_prompt_forward and not cfg.gradient_checkpointing
@@ -333,9 +348,8 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
             batch = collate(chunk, tokenizer.pad_token_id)
             step_tokens += int(batch["attention_mask"].sum()) * world
             with accelerator.accumulate(model):
-                logps, lengths = batch_logps(model, batch, accelerator.device, share_prompt(cfg))
+                logps, lengths = policy_logps(model, chunk, batch, tokenizer.pad_token_id, accelerator.device, cfg)
                 group = batch["group_size"]
-                logps, lengths = logps.view(-1, group), lengths.view(-1, group)
                 ref = _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group)
                 values = values_for(batch, model, accelerator, cfg, group)
                 loss, metrics = preference_loss(cfg, logps, ref, lengths, batch, values)
