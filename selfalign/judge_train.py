@@ -11,6 +11,7 @@ trainer resumes from its own checkpoints. OUT/summary.json lists each judge's ac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from selfalign.errors import SelfAlignError
@@ -29,8 +30,6 @@ def _accuracy(engine, heldout: list[ContrastPair], cfg: SelfTaughtConfig, path: 
         greedy = judge_verdicts(engine, heldout, 1, 0.0, cfg.verdict_max_new_tokens, reasoning=cfg.reasoning)
         write_jsonl(path.with_name("heldout_verdicts.jsonl"), greedy)
         write_json(path, judge_accuracy(greedy))
-    import json
-
     return json.loads(path.read_text())
 
 

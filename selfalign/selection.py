@@ -37,16 +37,12 @@ def make_selector(config: SelectConfig, model: str) -> tuple[Callable[[list[Samp
     highest-scoring (the earliest on a tie or when all abstained). `model` is the policy: MBR's llm-judge utility and
     self-verify judge with it."""
     from selfalign.judging.mbr import select_best
-    from selfalign.judging.scorers import JudgeConfig, make_judge_backend, make_scorer
+    from selfalign.judging.scorers import JudgeConfig, make_scorer
 
-    stats: Counter = Counter()
     if config.method == "mbr":
         judge = JudgeConfig(scorer="mbr", utility=config.utility, mbr_references=config.mbr_references,
                             embedding_model=config.embedding_model, judge_model=model)
-        score, stats = make_scorer(judge)
-    else:
-        from selfalign.judging.llm_judge import judge_pointwise
-
-        backend = make_judge_backend(model, stats=stats)
-        score = lambda samples: judge_pointwise(backend, samples, stats=stats)  # noqa: E731
+    else:  # the policy rates its own answers: the pointwise LLM judge with the policy as judge
+        judge = JudgeConfig(scorer="llm-judge", mode="pointwise", judge_model=model)
+    score, stats = make_scorer(judge)
     return (lambda samples: select_best(score(samples))), stats
