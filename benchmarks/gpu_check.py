@@ -2,7 +2,8 @@
 
 Builds a random-initialized ~0.5B Llama from a config (with SmolLM2's tokenizer, carried in `--tokenizer`), then:
   1. tokens/s of the `hf` engine on CUDA;
-  2. tokens/s of the `vllm` engine and its ratio to hf, where vllm is installed;
+  2. tokens/s of the `vllm` engine and its ratio to hf, where vllm is installed; with 2+ GPUs, data-parallel sampling
+     (hf and vLLM replicas) and vLLM tensor parallelism, each skipped with a line saying why where it cannot run;
   3. QLoRA (bitsandbytes 4-bit) DPO steps: tokens/s and peak GPU memory;
   4. DeepSpeed ZeRO-3 DPO steps in one process through `accelerate launch`: tokens/s and peak GPU memory.
 A step whose package is missing prints one line saying so and is skipped, never passed silently.
@@ -45,6 +46,7 @@ def build_model(out: Path, tokenizer_dir: str, quick: bool) -> Path:
 def generation(model: Path, quick: bool) -> dict:
     from selfalign.arithmetic import make_splits
     from selfalign.generation import SamplingSettings, get_engine, vllm_available
+    from selfalign.generation.options import EngineOptions
     from selfalign.records import PromptRecord
 
     prompts = [PromptRecord(**r) for r in make_splits(8 if quick else 64, 0, seed=1)[0]]
@@ -59,16 +61,55 @@ def generation(model: Path, quick: bool) -> dict:
     engine.close()
     del engine
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    out.update(parallel_sampling(model, prompts, settings, out["hf_tokens_per_s"]))
     if not vllm_available():
         print("vllm: not installed here: vLLM step skipped", flush=True)
         return out
-    engine = get_engine("vllm", str(model), max_model_len=1024, gpu_memory_utilization=0.5)
+    engine = get_engine("vllm", str(model), options=EngineOptions(max_model_len=1024, gpu_memory_utilization=0.5))
     engine.generate(prompts[:2], settings.model_copy(update={"max_new_tokens": 4}))
     start = time.perf_counter()
     samples = engine.generate(prompts, settings)
     out["vllm_tokens_per_s"] = sum(s.num_tokens for s in samples) / (time.perf_counter() - start)
     out["vllm_over_hf"] = out["vllm_tokens_per_s"] / out["hf_tokens_per_s"]
     print(f"vllm engine: {out['vllm_tokens_per_s']:.1f} tokens/s = {out['vllm_over_hf']:.2f}x hf", flush=True)
+    return out
+
+
+def _tokens_per_s(engine, prompts, settings) -> float:
+    engine.generate(prompts[:2], settings.model_copy(update={"max_new_tokens": 4}))
+    start = time.perf_counter()
+    samples = engine.generate(prompts, settings)
+    return sum(s.num_tokens for s in samples) / (time.perf_counter() - start)
+
+
+def parallel_sampling(model: Path, prompts, settings, hf_single: float) -> dict:
+    """Data-parallel sampling (hf replicas, one GPU each; vLLM replicas and tensor parallelism where vLLM is here)
+    on a machine with several GPUs; one line saying why where it is skipped."""
+    from selfalign.generation import get_engine, vllm_available
+    from selfalign.generation.options import EngineOptions
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus < 2:
+        print(f"parallel sampling: {gpus} GPU(s) here, 2 needed: tensor- and data-parallel steps skipped", flush=True)
+        return {}
+    out = {}
+    runs = [("hf_dp2", "hf", EngineOptions(data_parallel_size=2))]
+    if vllm_available():
+        runs += [("vllm_dp2", "vllm", EngineOptions(data_parallel_size=2, max_model_len=1024,
+                                                     gpu_memory_utilization=0.5)),
+                 ("vllm_tp2", "vllm", EngineOptions(tensor_parallel_size=2, max_model_len=1024,
+                                                     gpu_memory_utilization=0.5))]
+    else:
+        print("parallel sampling: vllm not installed here: vLLM data- and tensor-parallel steps skipped", flush=True)
+    for name, engine_name, options in runs:
+        engine = get_engine(engine_name, str(model), options=options)
+        try:
+            out[f"{name}_tokens_per_s"] = _tokens_per_s(engine, prompts, settings)
+        finally:
+            engine.close()
+        print(f"{name}: {out[f'{name}_tokens_per_s']:.1f} tokens/s"
+              + (f" = {out[f'{name}_tokens_per_s'] / hf_single:.2f}x one hf engine" if name == "hf_dp2" else ""),
+              flush=True)
     return out
 
 

@@ -10,6 +10,8 @@ from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
 
+from selfalign.cli_engine import (Backend, DataParallel, Dtype, EngineKwargs, GpuMemory, MaxModelLen, PrefixCaching,
+                                  RayAddress, TensorParallel, engine_overrides)
 from selfalign.cli_utils import console, load_config, parse_set_options, setup_logging
 from selfalign.errors import ConfigError, SelfAlignError
 from selfalign.losses import LOSSES
@@ -86,6 +88,10 @@ def generate(
                                           "[default: chrf]"),
     mbr_references: Optional[int] = typer.Option(None, help="--select mbr: pseudo-references per sample  "
                                                  "[default: 8]"),
+    tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
+    gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
+    enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None, backend: Backend = None,
+    ray_address: RayAddress = None,
 ) -> None:
     """Sample N completions per prompt from a model; with --select, keep one per prompt (MBR or self-verification)."""
     import time
@@ -96,7 +102,11 @@ def generate(
 
     cfg = load_config(GenerationConfig, config, {"engine": engine, "n": n, "temperature": temperature, "top_p": top_p,
                                                  "max_new_tokens": max_new_tokens, "stop": stop or None, "seed": seed,
-                                                 "record_logprobs": logprobs, "truncate_prompts": truncate_prompts})
+                                                 "record_logprobs": logprobs, "truncate_prompts": truncate_prompts,
+                                                 **engine_overrides(tensor_parallel_size, data_parallel_size,
+                                                                    gpu_memory_utilization, max_model_len, dtype,
+                                                                    enable_prefix_caching, engine_kwargs, backend,
+                                                                    ray_address)})
     records = require_records(read_jsonl(prompts, PromptRecord)[:limit], prompts, "prompts")
     prompt_ids(records, str(prompts))  # duplicates fail here, before a model loads
     selection = None
@@ -108,7 +118,7 @@ def generate(
         if cfg.n < 2:
             raise ConfigError(f"--select {selection.method} chooses among samples: give --n 2 or more")
     prepare_output(out)
-    gen = get_engine(cfg.engine, model, seed=cfg.seed or 0)
+    gen = get_engine(cfg.engine, model, seed=cfg.seed or 0, options=cfg)
     start = time.perf_counter()
     samples = gen.generate(records, cfg.sampling(), progress=True)
     seconds = time.perf_counter() - start
@@ -359,8 +369,34 @@ def serve(
     model: str = typer.Option("default", help="hub id, local folder, or 'default'"),
     host: str = "127.0.0.1",
     port: int = 8000,
+    engine: str = typer.Option("auto", help="vllm: vLLM's own OpenAI server; hf: the small built-in one; auto: vllm "
+                               "where it imports"),
+    seed: int = 0,
+    tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
+    gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
+    enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
 ) -> None:
-    """Serve a local model over an OpenAI-compatible HTTP API (for local judging)."""
+    """Serve a local model over an OpenAI-compatible HTTP API (chat completions with logprobs), for judging with it
+    through the same path as a hosted model. With vLLM installed this is vLLM's own server."""
+    import os
+
+    from selfalign.generation import resolve_engine_name
+    from selfalign.generation.options import EngineOptions, check_engine_options
+
+    layout = load_config(EngineOptions, None, engine_overrides(
+        tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len, dtype, enable_prefix_caching,
+        engine_kwargs, None, None))
+    name = resolve_engine_name(engine)
+    check_engine_options(name, layout)
+    if name == "vllm":
+        from selfalign.serve_vllm import vllm_serve_command
+
+        argv, env = vllm_serve_command(model, host, port, layout, seed)
+        console.print(f"serving {model} with vLLM's OpenAI server at http://{host}:{port}/v1")
+        os.execve(argv[0], argv, env)  # vLLM's server owns the process from here (signals, shutdown)
+    if layout != EngineOptions():
+        raise ConfigError("the built-in server (--engine hf) runs one model in one process: engine layout options "
+                          "need --engine vllm")
     from selfalign.serve import make_server
 
     server = make_server(model, host, port)

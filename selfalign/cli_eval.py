@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from selfalign.cli_engine import (Backend, DataParallel, Dtype, EngineKwargs, GpuMemory, MaxModelLen, PrefixCaching,
+                                  RayAddress, TensorParallel, engine_overrides)
 from selfalign.cli_utils import console, fail as _fail, load_config
 
 eval_app = typer.Typer(no_args_is_help=True, help="Benchmarks: gsm8k, mt-bench, alpaca-eval, held-out accuracy; "
@@ -31,9 +33,15 @@ def _selection(model: str, select: Optional[str], utility: Optional[str], n: Opt
     return config, make_selector(config, model)[0]
 
 
+def _engine_options(overrides: dict):
+    from selfalign.generation.options import EngineOptions
+
+    return load_config(EngineOptions, None, overrides)
+
+
 def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: Optional[Path], limit: Optional[int],
           engine: str, judge: Optional[str] = None, judge_base_url: Optional[str] = None,
-          judge_api_key_env: str = "OPENAI_API_KEY", selection=None) -> None:
+          judge_api_key_env: str = "OPENAI_API_KEY", selection=None, layout: dict | None = None) -> None:
     from selfalign.evaluation import run as runners
     from selfalign.evaluation.common import load_protocol
     from selfalign.generation import get_engine
@@ -44,7 +52,7 @@ def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: O
         if benchmark == "mt_bench" and data is None:
             _fail("mt-bench needs --data DIR (FastChat's llm_judge/data/mt_bench layout)")
         out.mkdir(parents=True, exist_ok=True)
-        gen = get_engine(engine, model)
+        gen = get_engine(engine, model, options=_engine_options(layout or {}))
         if benchmark == "gsm8k":
             result = runners.run_gsm8k(gen, model, out, protocol, data, limit, selection)
         else:
@@ -68,9 +76,15 @@ def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(..
                limit: Optional[int] = None, engine: str = "auto",
                select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
-               n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]")) -> None:
+               n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
+               tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
+               gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
+               enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
+               backend: Backend = None, ray_address: RayAddress = None) -> None:
     """GSM8K: strict-match and flexible-extract accuracy (lm-evaluation-harness conventions)."""
-    _eval("gsm8k", model, out, data, config, limit, engine, selection=_selection(model, select, utility, n))
+    _eval("gsm8k", model, out, data, config, limit, engine, selection=_selection(model, select, utility, n),
+          layout=engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len,
+                                 dtype, enable_prefix_caching, engine_kwargs, backend, ray_address))
 
 
 @eval_app.command("mt-bench")
@@ -81,10 +95,16 @@ def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option
                   config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto",
                   select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                   utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
-                  n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]")) -> None:
+                  n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
+                  tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
+                  gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
+                  enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
+                  backend: Backend = None, ray_address: RayAddress = None) -> None:
     """MT-Bench: two-turn answers, single-answer grading 1-10 (FastChat conventions and file formats)."""
     _eval("mt_bench", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
-          _selection(model, select, utility, n))
+          _selection(model, select, utility, n),
+          layout=engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len,
+                                 dtype, enable_prefix_caching, engine_kwargs, backend, ray_address))
 
 
 @eval_app.command("alpaca-eval")
@@ -95,10 +115,16 @@ def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(.
                 config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto",
                 select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                 utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
-                n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]")) -> None:
+                n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
+                tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
+                gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
+                enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
+                backend: Backend = None, ray_address: RayAddress = None) -> None:
     """AlpacaEval 2.0: win rate against gpt4_1106_preview with the weighted (log-prob) annotator."""
     _eval("alpaca_eval", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
-          _selection(model, select, utility, n))
+          _selection(model, select, utility, n),
+          layout=engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len,
+                                 dtype, enable_prefix_caching, engine_kwargs, backend, ray_address))
 
 
 @eval_app.command("heldout")
@@ -111,7 +137,11 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
                                                       "k samples chosen this way"),
                  utility: Optional[str] = typer.Option(None, help="--select mbr: chrf | rouge-l | bleu | embedding | "
                                                        "llm-judge  [default: chrf]"),
-                 engine: str = "auto", seed: int = 0) -> None:
+                 engine: str = "auto", seed: int = 0,
+                 tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
+                 gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
+                 enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
+                 backend: Backend = None, ray_address: RayAddress = None) -> None:
     """Held-out answer accuracy: greedy, sampled, majority@k and the generation-verification gap (the loop's
     evaluation stage)."""
     from selfalign.evaluation.heldout import HeldoutConfig, evaluate_heldout
@@ -123,7 +153,10 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
     cfg = load_config(HeldoutConfig, config, {"data": data, "limit": limit, "k": k,
                                               "select": chosen or None})
     prompts = read_jsonl(cfg.data, PromptRecord)
-    gen = get_engine(engine, model, seed=seed)
+    layout = _engine_options(engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization,
+                                               max_model_len, dtype, enable_prefix_caching, engine_kwargs, backend,
+                                               ray_address))
+    gen = get_engine(engine, model, seed=seed, options=layout)
     result = evaluate_heldout(gen, prompts, cfg, seed=seed, policy=model)
     write_json(out, {"model": model, "engine": gen.name, **result})
     console.print({k: v for k, v in result.items() if not isinstance(v, list)})

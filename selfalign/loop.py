@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -80,8 +81,15 @@ class StageError(SelfAlignError, RuntimeError):
 CLI = [sys.executable, "-m", "selfalign.cli"]
 
 
+def launched(template: str, accelerate: list[str], train: list[str]) -> list[str]:
+    """A recipe's `train_launcher` filled in: one shell command that starts `accelerate` + `train` on every node.
+    Each part is shell-quoted; the template's own text ($SLURM_NODEID, ...) is left for the nodes' shells."""
+    return ["bash", "-c", template.replace("{accelerate}", shlex.join(accelerate)).replace("{train}",
+                                                                                          shlex.join(train))]
+
+
 def run_stage(command: list[str], config: BaseModel, it_dir: Path, launcher: list[str] | None = None,
-              display: RunDisplay | None = None, **arguments) -> None:
+              display: RunDisplay | None = None, train_launcher: str | None = None, **arguments) -> None:
     """Run one subprocess stage the same way for every stage: its typed config written to iter_NN/config/, passed as
     `--config`, and only paths and run-level values as options. Recipe and CLI share the config models, so neither
     can set a field the other lacks."""
@@ -90,8 +98,11 @@ def run_stage(command: list[str], config: BaseModel, it_dir: Path, launcher: lis
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     options = [item for key, value in arguments.items() for item in (f"--{key.replace('_', '-')}", str(value))]
-    _run((launcher or CLI) + command + ["--config", str(config_path)] + options, it_dir / "logs" / f"{name}.log",
-         display)
+    cmd = (launcher or CLI) + command + ["--config", str(config_path)] + options
+    if train_launcher:  # launcher is accelerate's launch, ending in "-m selfalign.cli"
+        cut = len(launcher) - 2
+        cmd = launched(train_launcher, cmd[:cut], cmd[cut:])
+    _run(cmd, it_dir / "logs" / f"{name}.log", display)
 
 
 def policy_of(run_dir: Path, recipe: Recipe, iteration: int) -> str:
@@ -137,11 +148,13 @@ class PolicyEngine:
         self.run_dir, self.manifest, self.keep = run_dir, manifest, keep
         self.server: subprocess.Popen | None = None
 
-    def run(self, policy: str, jobs: list, seed: int, engine: str, it_dir: Path, name: str,
+    def run(self, policy: str, jobs: list, seed: int, generation, it_dir: Path, name: str,
             display: RunDisplay | None = None) -> list[dict]:
+        """`generation`: the recipe's GenerationConfig, whose engine and layout the jobs run on."""
         from selfalign.policy_jobs import PolicyJobs, finished
 
-        spec = PolicyJobs(model=policy, engine=engine, seed=seed, jobs=jobs)
+        spec = PolicyJobs(model=policy, engine=generation.engine, options=generation.engine_options(), seed=seed,
+                          jobs=jobs)
         if any(finished(job, policy) is None for job in jobs):
             config_path = it_dir / "config" / f"{name}.yaml"
             config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +218,7 @@ def _tail(path: Path, lines: int = 25) -> str:
 def stage_generate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, engines: PolicyEngine,
                    display: RunDisplay | None = None) -> dict:
     job = generate_job(recipe, it_dir, iteration)
-    [marker] = engines.run(policy_of(run_dir, recipe, iteration), [job], job.config.seed, job.config.engine, it_dir,
+    [marker] = engines.run(policy_of(run_dir, recipe, iteration), [job], job.config.seed, job.config, it_dir,
                            "generate", display)
     return {"prompts": marker["prompts"], "samples": marker["samples"], "engine_seconds": marker["seconds"]}
 
@@ -261,8 +274,8 @@ def stage_train(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
     if recipe.accelerate_config:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe.accelerate_config,
                     "-m", "selfalign.cli"]
-    run_stage(["train"], TrainConfig.model_validate(values), it_dir, launcher=launcher, display=display, pairs=it_dir / "pairs.jsonl",
-              out=it_dir / "checkpoint")
+    run_stage(["train"], TrainConfig.model_validate(values), it_dir, launcher=launcher, display=display,
+              train_launcher=recipe.train_launcher, pairs=it_dir / "pairs.jsonl", out=it_dir / "checkpoint")
     summary = json.loads((it_dir / "checkpoint" / "train_summary.json").read_text())
     return {"steps": summary["steps"], "final_metrics": summary["final_metrics"],
             "reference": summary.get("reference", {})}
@@ -295,7 +308,7 @@ def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, 
     if sample_next:
         jobs.append(generate_job(recipe, run_dir / f"iter_{iteration + 1:02d}", iteration + 1))
         seed = jobs[1].config.seed
-    markers = engines.run(policy_of(run_dir, recipe, iteration + 1), jobs, seed, recipe.generation.engine, it_dir,
+    markers = engines.run(policy_of(run_dir, recipe, iteration + 1), jobs, seed, recipe.generation, it_dir,
                           "evaluate", display)
     result = json.loads((it_dir / "eval.json").read_text())
     info = {k: v for k, v in result.items() if not isinstance(v, list)}

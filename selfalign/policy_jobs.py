@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from selfalign.evaluation.heldout import HeldoutConfig
 from selfalign.generation import GenerationConfig
+from selfalign.generation.options import EngineOptions
 from selfalign.io import write_json, write_jsonl
 
 
@@ -52,6 +53,8 @@ class PolicyJobs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     engine: Literal["hf", "vllm", "auto"] = "auto"
+    options: EngineOptions = Field(default_factory=EngineOptions, description="the engine's layout (parallelism, "
+                                   "memory, dtype, engine_kwargs)")
     seed: int = Field(0, description="the engine's seed (vLLM seeds the engine, not each request)")
     jobs: list[Job]
 
@@ -91,7 +94,7 @@ def run_jobs(spec: PolicyJobs, console=None, engine=None) -> list[dict]:
     if todo:
         started = time.perf_counter()
         if engine is None:
-            engine = get_engine(spec.engine, spec.model, seed=spec.seed)
+            engine = get_engine(spec.engine, spec.model, seed=spec.seed, options=spec.options)
         else:
             engine.load_policy(spec.model)
         load_seconds = time.perf_counter() - started
@@ -134,7 +137,8 @@ def serve(requests, console) -> None:
                 spec = load_config(PolicyJobs, jobs_path, {})  # a bad file: its path and field in the error
                 os.environ[PROGRESS_ENV] = request.get("progress", "")
                 if engine is None and any(finished(job, spec.model) is None for job in spec.jobs):
-                    engine, kind = get_engine(spec.engine, spec.model, seed=spec.seed), spec.engine
+                    engine = get_engine(spec.engine, spec.model, seed=spec.seed, options=spec.options)
+                    kind = spec.engine
                 elif engine is not None and spec.engine != kind:
                     raise ValueError(f"this engine server runs engine {kind!r}, not {spec.engine!r}")
                 run_jobs(spec, console, engine=engine)

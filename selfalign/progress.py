@@ -19,6 +19,7 @@ from typing import TextIO
 from tqdm.auto import tqdm
 
 PROGRESS_ENV = "SELFALIGN_PROGRESS"
+QUIET_ENV = "SELFALIGN_PROGRESS_QUIET"  # report to the file only (an engine replica: its parent draws the one bar)
 
 
 class progress_bar(tqdm):  # noqa: N801 (used like tqdm, whose name it keeps the style of)
@@ -28,6 +29,8 @@ class progress_bar(tqdm):  # noqa: N801 (used like tqdm, whose name it keeps the
     def __init__(self, *args, **kwargs):
         self._report_path = None if kwargs.get("disable") else os.environ.get(PROGRESS_ENV)
         self._reported_at = 0.0
+        if os.environ.get(QUIET_ENV):
+            kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the bar)
         super().__init__(*args, **kwargs)
         self._report(force=True)
 

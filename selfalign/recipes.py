@@ -33,6 +33,11 @@ class Recipe(BaseModel):
     prompts: str = Field(..., description="JSONL prompt file; answers in it are ignored")
     prompts_per_iteration: int | None = Field(None, ge=1, description="a fresh slice of the prompts each iteration")
     accelerate_config: str | None = Field(None, description="accelerate config file for the train stage (GPUs)")
+    train_launcher: str | None = Field(None, description="many machines: a shell command that starts the train "
+                                       "stage on every node, with {accelerate} (accelerate launch --config_file "
+                                       "accelerate_config) and {train} (the stage's -m selfalign.cli train ...), e.g. "
+                                       "srun --ntasks-per-node=1 bash -c '{accelerate} --machine_rank $SLURM_NODEID "
+                                       "{train}'")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     judge_training: SelfTaughtConfig | None = Field(None, description="before each iteration's judging, a round of "
@@ -55,6 +60,13 @@ class Recipe(BaseModel):
         if "model" in self.train.model_fields_set:
             raise ValueError("train.model: set the policy with the recipe's top-level 'model' (each iteration trains "
                              "the previous iteration's export)")
+        if self.train_launcher is not None:
+            if self.accelerate_config is None:
+                raise ValueError("train_launcher: starts `accelerate launch` on each node; set accelerate_config too")
+            missing = [p for p in ("{accelerate}", "{train}") if p not in self.train_launcher]
+            if missing:
+                raise ValueError(f"train_launcher: needs {' and '.join(missing)} (where the launch and the train "
+                                 "command go)")
         if self.judge_training is not None and (self.judge.scorer, self.judge.judge_base_url) != ("llm-judge", None):
             raise ValueError("judge_training: trains a local LLM judge; set judge.scorer to llm-judge without "
                              "judge_base_url")

