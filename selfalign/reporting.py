@@ -14,6 +14,10 @@ COLUMNS = [("greedy_accuracy", "greedy acc"), ("sampled_accuracy", "sampled acc"
            ("generation_verification_gap", "gen-ver gap"), ("records", "pairs kept"), ("prompts_dropped", "prompts dropped"),
            ("mean_vote_margin", "vote margin"), ("rewards/margins", "reward margin"), ("loss", "final loss"),
            ("seconds", "wall s")]
+# Shown when the run trains its judge (Self-Taught Evaluator): held-out agreement with the known order, before and
+# after that iteration's judge training, and the share of held-out pairs judged the same in both orders.
+JUDGE_COLUMNS = [("judge_accuracy_before", "judge acc before"), ("judge_accuracy", "judge acc"),
+                 ("judge_position_consistency", "judge pos-consistent")]
 
 
 def iteration_rows(manifest: dict) -> list[dict]:
@@ -26,6 +30,9 @@ def iteration_rows(manifest: dict) -> list[dict]:
         row["majority"] = next((v for k, v in ev.items() if k.startswith("majority_at_")), None)
         row.update({k: pairs.get(k) for k in ("records", "prompts_dropped", "mean_vote_margin")})
         row.update({"rewards/margins": metrics.get("rewards/margins"), "loss": metrics.get("loss")})
+        judge = stages.get("judge_train") or {}
+        row.update({"judge_accuracy_before": judge.get("accuracy_before"), "judge_accuracy": judge.get("accuracy"),
+                    "judge_position_consistency": judge.get("position_consistency")})
         row["seconds"] = sum(s.get("seconds", 0) for s in stages.values() if isinstance(s, dict))
         row["drops"] = {k: v for k, v in pairs.items() if k.startswith(("dropped_", "pairs_dropped_"))}
         rows.append(row)
@@ -51,17 +58,18 @@ def gain_vs_base(run_dir: Path) -> dict | None:
 
 def write_report(run_dir: Path, manifest: dict, console: Console | None = None, show: bool = True) -> Path:
     rows = iteration_rows(manifest)
+    columns = COLUMNS + (JUDGE_COLUMNS if any(row.get("judge_accuracy") is not None for row in rows) else [])
     table = Table(title=f"selfalign run: {manifest.get('recipe', {}).get('name', run_dir.name)}")
     table.add_column("iter")
-    for _, label in COLUMNS:
+    for _, label in columns:
         table.add_column(label, justify="right")
     md = [f"# Run report: {manifest.get('recipe', {}).get('name', run_dir.name)}", "",
           f"Recipe `{manifest.get('recipe_path')}` (sha256 `{str(manifest.get('recipe_sha256'))[:12]}`). "
           "Iteration 0 is the base policy.", "",
-          "| iter | " + " | ".join(label for _, label in COLUMNS) + " |",
-          "|---" * (len(COLUMNS) + 1) + "|"]
+          "| iter | " + " | ".join(label for _, label in columns) + " |",
+          "|---" * (len(columns) + 1) + "|"]
     for row in rows:
-        cells = [_fmt(row.get(key)) for key, _ in COLUMNS]
+        cells = [_fmt(row.get(key)) for key, _ in columns]
         table.add_row(str(row["iteration"]), *cells)
         md.append(f"| {row['iteration']} | " + " | ".join(cells) + " |")
     gain = gain_vs_base(run_dir)

@@ -168,6 +168,9 @@ def test_self_taught_judge_alternates_with_policy_training(tmp_path):
     scored = [json.loads(line) for line in (run_dir / "iter_01" / "scored.jsonl").read_text().splitlines()]
     assert all(s["scorer"].startswith("llm-judge-pairwise:") for s in scored)
     assert "iter 1/1 · judge_train · done in" in result.stdout
+    report = (run_dir / "report.md").read_text()
+    assert "| judge acc before | judge acc | judge pos-consistent |" in report  # per iteration, in the run's report
+    assert f"| {trained['accuracy']:.3f} | {trained['position_consistency']:.3f} |" in report
 
 
 @pytest.mark.parametrize("change, expected", [
