@@ -133,6 +133,21 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
                          ("accelerate_config", recipe.accelerate_config)):
         if value and not Path(value).exists():
             raise RecipeError(f"{recipe_path}: field '{label}': file not found: {value}")
+    if recipe.generation.backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise RecipeError(f"{recipe_path}: field 'generation.backend': ray is not installed here: "
+                              "pip install 'selfalign[ray]'")
+    if recipe.generation.engine_kwargs:
+        from selfalign.generation import resolve_engine_name
+        from selfalign.generation.options import check_engine_options
+
+        try:  # an unknown engine argument fails here, not after the base evaluation's engine start
+            check_engine_options(resolve_engine_name(recipe.generation.engine), recipe.generation.engine_options())
+        except SelfAlignError as e:
+            raise RecipeError(f"{recipe_path}: field 'generation.{str(e).split(':', 1)[0]}':"
+                              f"{str(e).split(':', 1)[1]}") from None
     for label, value in (("prompts", recipe.prompts), ("eval.data", recipe.eval.data if recipe.eval else None)):
         if not value:
             continue

@@ -188,6 +188,11 @@ def test_self_taught_judge_alternates_with_policy_training(tmp_path):
     ({"generation": {"n": 1}}, "field 'generation.n': the loop needs at least 2 samples"),
     ({"judge_training": {"heldout": 4}}, "field 'judge_training': trains a local LLM judge"),
     ({"judge": {"scorer": "llm-judge", "concurrency": 0}}, "field 'judge.concurrency'"),
+    ({"generation": {"engine": "hf", "engine_kwargs": {"max_num_seqs": 8}}},
+     "field 'generation.engine_kwargs': 'max_num_seqs' is not an argument of the hf engine"),
+    ({"generation": {"data_parallel_size": 0}}, "field 'generation.data_parallel_size'"),
+    ({"train_launcher": "srun {accelerate} {train}"}, "field 'train_launcher': starts `accelerate launch` on each "
+                                                      "node; set accelerate_config too"),
     ("empty-prompts", "field 'prompts': .*holds no prompts"),
     ("duplicate-ids", "field 'prompts': prompt id 'a' appears more than once"),
     ("bad-prompt-line", "field 'prompts': .*line 2: not valid JSON"),

@@ -131,3 +131,6 @@ def test_eval_heldout_reports_the_selected_sample_accuracy(tmp_path, tiny_model_
     result = json.loads((tmp_path / "eval.json").read_text())
     assert 0 <= result["selected_mbr_accuracy"] <= result["pass_at_3"]
     assert len(result["selected_correct"]) == result["sampled_num_prompts"] == 4
+    # per-prompt columns, for paired intervals of sampled and majority gains (benchmarks/efficacy.py)
+    assert sum(result["sampled_correct"]) / 4 == pytest.approx(result["sampled_accuracy"])
+    assert sum(result["majority_correct"]) / 4 == pytest.approx(result["majority_at_3"])

@@ -72,6 +72,7 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
                            "selected_correct": [int(c) for c in picked], "select_stats": dict(stats)})
         greedy_same_prompts = sum(greedy_correct[:n]) / n  # the gap compares like with like
         result.update(sampled_num_prompts=n, sampled_accuracy=sum(sample_acc) / n,
+                      sampled_correct=sample_acc, majority_correct=[int(m) for m in majority],
                       **{f"majority_at_{cfg.k}": sum(majority) / n, f"pass_at_{cfg.k}": sum(any_right) / n},
                       generation_verification_gap=sum(majority) / n - greedy_same_prompts)
     if cfg.self_revision_rounds > 0:
