@@ -101,7 +101,7 @@ def test_hf_replicas_keep_prompt_order_ids_and_reproduce(tiny_model_path):
 
 
 def test_a_replica_that_cannot_start_is_named(tmp_path):
-    with pytest.raises(ReplicaError, match="replica 0: .*not-a-model"):
+    with pytest.raises(ReplicaError, match=r"replica [01]: .*not-a-model"):  # whichever fails first
         get_engine("hf", str(tmp_path / "not-a-model"), options=EngineOptions(data_parallel_size=2))
 
 
