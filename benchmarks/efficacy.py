@@ -30,14 +30,12 @@ def cpu_flags() -> str:
     return " ".join(sorted(set(re.findall(r"\b(avx512[a-z_0-9]*|amx[a-z_0-9]*)\b", text)))) or "none (AVX2 class)"
 
 
-def bootstrap_interval(values: list[float], samples: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of a mean."""
-    import random
+def bootstrap_interval(values: list[float]) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of a mean: the paired bootstrap of the values against zeros."""
+    from selfalign.evaluation.heldout import paired_bootstrap
 
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
-    return means[int(0.025 * samples)], means[int(0.975 * samples) - 1]
+    result = paired_bootstrap([0] * len(values), values)
+    return result["ci95_low"], result["ci95_high"]
 
 
 def summarize(run_dir: Path) -> dict:
@@ -88,7 +86,7 @@ def main():
         if code != 0:
             sys.exit(f"seed {seed}: selfalign run failed (exit {code}); its logs are in {run_dir}/")
         rows[seed] = {**summarize(run_dir), "wall_seconds_this_call": time.perf_counter() - started}
-    print(f"\n| seed | metric | base [95% CI] | final [95% CI] | gain [95% CI] | n | stage seconds |")
+    print("\n| seed | metric | base [95% CI] | final [95% CI] | gain [95% CI] | n | stage seconds |")
     print("|---|---|---|---|---|---|---|")
     for seed, row in rows.items():
         for metric in ("greedy", "sampled", "majority"):

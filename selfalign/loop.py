@@ -78,7 +78,8 @@ class StageError(SelfAlignError, RuntimeError):
     """A stage of the loop failed; the message holds its command and the tail of its log."""
 
 
-CLI = [sys.executable, "-m", "selfalign.cli"]
+CLI_MODULE = ["-m", "selfalign.cli"]
+CLI = [sys.executable, *CLI_MODULE]
 
 
 def launched(template: str, accelerate: list[str], train: list[str]) -> list[str]:
@@ -88,21 +89,19 @@ def launched(template: str, accelerate: list[str], train: list[str]) -> list[str
                                                                                           shlex.join(train))]
 
 
-def run_stage(command: list[str], config: BaseModel, it_dir: Path, launcher: list[str] | None = None,
-              display: RunDisplay | None = None, train_launcher: str | None = None, **arguments) -> None:
+def run_stage(command: list[str], config: BaseModel, it_dir: Path, launch=None, display: RunDisplay | None = None,
+              **arguments) -> None:
     """Run one subprocess stage the same way for every stage: its typed config written to iter_NN/config/, passed as
     `--config`, and only paths and run-level values as options. Recipe and CLI share the config models, so neither
-    can set a field the other lacks."""
+    can set a field the other lacks. `launch` turns the selfalign module's arguments into the command that runs them
+    (default: this Python; the train stage: accelerate's launch, on one node or, via `train_launcher`, on many)."""
     name = "-".join(command)
     config_path = it_dir / "config" / f"{name}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     options = [item for key, value in arguments.items() for item in (f"--{key.replace('_', '-')}", str(value))]
-    cmd = (launcher or CLI) + command + ["--config", str(config_path)] + options
-    if train_launcher:  # launcher is accelerate's launch, ending in "-m selfalign.cli"
-        cut = len(launcher) - 2
-        cmd = launched(train_launcher, cmd[:cut], cmd[cut:])
-    _run(cmd, it_dir / "logs" / f"{name}.log", display)
+    args = command + ["--config", str(config_path)] + options
+    _run(launch(args) if launch else CLI + args, it_dir / "logs" / f"{name}.log", display)
 
 
 def policy_of(run_dir: Path, recipe: Recipe, iteration: int) -> str:
@@ -270,12 +269,15 @@ def stage_train(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int,
     values = {**recipe.train.model_dump(), "model": policy_of(run_dir, recipe, iteration)}
     if "seed" not in recipe.train.model_fields_set:
         values["seed"] = recipe.seed + iteration
-    launcher = None
+    launch = None
     if recipe.accelerate_config:
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe.accelerate_config,
-                    "-m", "selfalign.cli"]
-    run_stage(["train"], TrainConfig.model_validate(values), it_dir, launcher=launcher, display=display,
-              train_launcher=recipe.train_launcher, pairs=it_dir / "pairs.jsonl", out=it_dir / "checkpoint")
+        accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe.accelerate_config]
+        if recipe.train_launcher:
+            launch = lambda args: launched(recipe.train_launcher, accelerate, CLI_MODULE + args)  # noqa: E731
+        else:
+            launch = lambda args: accelerate + CLI_MODULE + args  # noqa: E731
+    run_stage(["train"], TrainConfig.model_validate(values), it_dir, launch=launch, display=display,
+              pairs=it_dir / "pairs.jsonl", out=it_dir / "checkpoint")
     summary = json.loads((it_dir / "checkpoint" / "train_summary.json").read_text())
     return {"steps": summary["steps"], "final_metrics": summary["final_metrics"],
             "reference": summary.get("reference", {})}

@@ -145,9 +145,10 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
 
         try:  # an unknown engine argument fails here, not after the base evaluation's engine start
             check_engine_options(resolve_engine_name(recipe.generation.engine), recipe.generation.engine_options())
-        except SelfAlignError as e:
-            raise RecipeError(f"{recipe_path}: field 'generation.{str(e).split(':', 1)[0]}':"
-                              f"{str(e).split(':', 1)[1]}") from None
+        except SelfAlignError as e:  # its engine_kwargs errors start "engine_kwargs: "; others name their field
+            message = str(e)
+            field = "generation.engine_kwargs" if message.startswith("engine_kwargs: ") else "generation"
+            raise RecipeError(f"{recipe_path}: field '{field}': {message.removeprefix('engine_kwargs: ')}") from None
     for label, value in (("prompts", recipe.prompts), ("eval.data", recipe.eval.data if recipe.eval else None)):
         if not value:
             continue

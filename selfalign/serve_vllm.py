@@ -13,6 +13,7 @@ import os
 import sys
 
 from selfalign.generation.options import EngineOptions
+from selfalign.generation.vllm_engine import set_cpu_defaults, vllm_dtype
 
 
 def _flag(key: str, value) -> list[str]:
@@ -37,11 +38,8 @@ def vllm_serve_command(model: str, host: str, port: int, options: EngineOptions,
     on_gpu = torch.cuda.is_available()
     env = dict(os.environ)
     if not on_gpu:  # as the offline engine does on CPU: all cores bound, no reserved core, float32, eager
-        cores = os.cpu_count() or 1
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
-        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    dtype = options.dtype if (on_gpu or options.dtype != "auto") else "float32"
+        set_cpu_defaults(env)
+    dtype = vllm_dtype(options.dtype, on_gpu)
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
             "--served-model-name", model, "--host", host, "--port", str(port), "--seed", str(seed),
             "--dtype", dtype, "--max-model-len", str(options.max_model_len),

@@ -107,19 +107,15 @@ def get_engine(name: str, model: str, seed: int = 0, options=None, **kwargs) -> 
     seeds each request from the sampling settings instead. `options` (an `EngineOptions`) lays it out: tensor and
     data parallelism, memory, dtype, `engine_kwargs`; they are checked before any model loads. `kwargs` go to the
     engine's constructor as they are (the callers inside the project)."""
-    from selfalign.generation.options import EngineOptions, check_engine_options
+    from selfalign.generation.options import EngineOptions, check_engine_options, visible_gpus
 
     engine = resolve_engine_name(name)
     options = options.engine_options() if options is not None else EngineOptions()
     layout = {key: kwargs.pop(key) for key in list(kwargs) if key in EngineOptions.model_fields}
     if layout:  # get_engine(..., max_model_len=512) is the same as options=EngineOptions(max_model_len=512)
         options = EngineOptions(**{**options.model_dump(), **layout})
-    if options.backend == "local":
-        import torch
-
-        check_engine_options(engine, options, torch.cuda.device_count() if torch.cuda.is_available() else None)
-    else:
-        check_engine_options(engine, options)
+    gpus = visible_gpus() if options.backend == "local" else None
+    check_engine_options(engine, options, None if gpus is None else len(gpus))
     if options.data_parallel_size > 1 or options.backend == "ray":
         from selfalign.generation.replicas import ReplicatedEngine
 

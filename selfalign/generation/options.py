@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -108,7 +109,24 @@ def check_engine_options(engine: str, options: EngineOptions, gpus: int | None =
                           + (" (vLLM's EngineArgs)" if engine == "vllm" else f" (it takes {', '.join(sorted(known))})")
                           + (f"; did you mean {close[0]!r}?" if close else ""))
     if gpus is not None and options.backend == "local":
-        needed = options.tensor_parallel_size * options.data_parallel_size
-        if needed > gpus:
-            raise ConfigError(f"tensor_parallel_size {options.tensor_parallel_size} x data_parallel_size "
-                              f"{options.data_parallel_size} needs {needed} GPUs; {gpus} are visible")
+        require_gpus(options, gpus)
+
+
+def require_gpus(options: EngineOptions, visible: int) -> None:
+    """tensor_parallel_size x data_parallel_size GPUs must be visible to this process."""
+    needed = options.tensor_parallel_size * options.data_parallel_size
+    if needed > visible:
+        raise ConfigError(f"tensor_parallel_size {options.tensor_parallel_size} x data_parallel_size "
+                          f"{options.data_parallel_size} needs {needed} GPUs; {visible} are visible")
+
+
+def visible_gpus() -> list[str] | None:
+    """The GPUs this process may use (their CUDA_VISIBLE_DEVICES names), or None on a machine without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from selfalign.errors import ConfigError, SelfAlignError
 from selfalign.generation import SamplingSettings, prompt_ids
-from selfalign.generation.options import EngineOptions
+from selfalign.generation.options import EngineOptions, require_gpus, visible_gpus
 from selfalign.progress import PROGRESS_ENV, QUIET_ENV, progress_bar, read_progress
 from selfalign.records import PromptRecord, Sample
 
@@ -65,9 +65,7 @@ def local_replica_envs(options: EngineOptions, gpus: list[str] | None, cores: li
     """Each local replica's environment: its GPU group, or its share of the cores."""
     replicas, tp = options.data_parallel_size, options.tensor_parallel_size
     if gpus is not None:
-        if replicas * tp > len(gpus):
-            raise ConfigError(f"tensor_parallel_size {tp} x data_parallel_size {replicas} needs {replicas * tp} GPUs; "
-                              f"{len(gpus)} are visible")
+        require_gpus(options, len(gpus))
         return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[r * tp:(r + 1) * tp])} for r in range(replicas)]
     share = len(cores) // replicas
     if share < 1:
@@ -91,6 +89,12 @@ def _start_replica_engine(env: dict, engine: str, model: str, seed: int, options
 
     single = EngineOptions(**options).model_copy(update={"data_parallel_size": 1, "backend": "local"})
     return get_engine(engine, model, seed=seed, options=single)
+
+
+def _progress_count(progress_file: str) -> int:
+    """How many prompts a replica's engine has finished, from its progress file (0 before its bar starts)."""
+    info = read_progress(Path(progress_file))
+    return int(info["n"]) if info and info.get("n") is not None else 0
 
 
 def _generate_dicts(engine, prompts: list[dict], settings: dict) -> list[dict]:
@@ -160,8 +164,7 @@ class _LocalReplica:
         return False, None
 
     def progress(self) -> int:
-        info = read_progress(Path(self.progress_file))
-        return int(info["n"]) if info and info.get("n") is not None else 0
+        return _progress_count(self.progress_file)
 
     def node(self) -> str:
         return f"local pid {self.process.pid}"
@@ -248,8 +251,7 @@ def _ray_actor_class():
             self.engine.load_policy(model)
 
         def progress(self):
-            info = read_progress(Path(self.progress_file))
-            return int(info["n"]) if info and info.get("n") is not None else 0
+            return _progress_count(self.progress_file)
 
         def close(self):
             self.engine.close()
@@ -287,7 +289,7 @@ class ReplicatedEngine:
             self.replicas = [_RayReplica(r, actor, resources, env, engine, model, seeds[r], option_dict)
                              for r in range(replicas)]
         else:
-            envs = local_replica_envs(options, _visible_gpus(), sorted(os.sched_getaffinity(0)))
+            envs = local_replica_envs(options, visible_gpus(), sorted(os.sched_getaffinity(0)))
             self.replicas = [_LocalReplica(r, envs[r], engine, model, seeds[r], option_dict,
                                            str(Path(self._tmp.name) / f"progress-{r}.json")) for r in range(replicas)]
         try:
@@ -347,14 +349,3 @@ class ReplicatedEngine:
         self.replicas = []
         self._tmp.cleanup()
 
-
-def _visible_gpus() -> list[str] | None:
-    """The GPUs this process may use (their CUDA_VISIBLE_DEVICES names), or None on a machine without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        return [d.strip() for d in visible.split(",") if d.strip()]
-    return [str(i) for i in range(torch.cuda.device_count())]

