@@ -1,6 +1,6 @@
 """The loop's wall time against an older commit of selfalign, in one session on one machine, at the same settings.
 
-    python benchmarks/loop.py [--small] [--baseline REV] [--recipe recipes/default.yaml] [--only new|baseline]
+    python benchmarks/loop.py [--small] [--baseline REV] [--recipe recipes/scpo-v5.yaml] [--only new|baseline]
 
 The baseline is checked out (git archive) into a temporary folder and run through a throw-away virtual environment
 that reuses this one's packages but imports the baseline's `selfalign`. Both runs use the same recipe file; each runs
@@ -103,7 +103,8 @@ def small_recipe(recipe: Path, workdir: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default=str(REPO / "recipes" / "default.yaml"))
+    parser.add_argument("--recipe", default=str(REPO / "recipes" / "scpo-v5.yaml"),
+                        help="a recipe both sides can read (the older code lacks fields the default now uses)")
     parser.add_argument("--baseline", default=BASELINE, help="the older commit to compare with")
     parser.add_argument("--small", action="store_true", help="a shrunken recipe, for a quick check")
     parser.add_argument("--only", choices=["new", "baseline"], help="run one side only")

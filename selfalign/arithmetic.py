@@ -60,3 +60,37 @@ def make_splits(num_train: int, num_heldout: int, seed: int = 0, two_step_share:
         else:
             train.append({"id": f"train-{len(train)}", **row})
     return train, heldout
+
+
+# Phrasings the train generator never produces, for evaluation only: a gain that holds only on TEMPLATES' sentences
+# would be a gain in pattern matching, not in arithmetic.
+REPHRASED = [
+    ("A jar holds {a} {item}. {name} puts in {b} more. How many {item} are in the jar now?", "+"),
+    ("{name} found {a} {item} on Monday and {b} on Tuesday. How many {item} did {name} find in total?", "+"),
+    ("There were {a} {item} on the table. {name} took {b} of them. How many {item} remain on the table?", "-"),
+    ("{name} had {a} {item} and lost {b}. How many {item} does {name} still have?", "-"),
+    ("There are {a} bags, and each bag holds {b} {item}. How many {item} are there altogether?", "*"),
+    ("{name} buys {a} packs of {item}. Each pack has {b} {item}. How many {item} does {name} get?", "*"),
+]
+
+
+def make_rephrased(num: int, seed: int = 1, max_operand: int = 12) -> list[dict]:
+    """`num` held-out problems (with answers) in REPHRASED's sentences, the operations in equal shares and the
+    operands in the train generator's ranges."""
+    rng = random.Random(seed)
+    seen, rows = set(), []
+    while len(rows) < num:
+        template, op = REPHRASED[len(rows) % len(REPHRASED)]
+        name, item = rng.choice(NAMES), rng.choice(ITEMS)
+        high = min(9, max_operand) if op == "*" else max_operand
+        a, b = rng.randint(2, high), rng.randint(2, high)
+        if op == "-":
+            a = a + b  # never a negative answer
+        question = template.format(name=name, item=item, a=a, b=b)
+        if question in seen:
+            continue
+        seen.add(question)
+        answer = {"+": a + b, "-": a - b, "*": a * b}[op]
+        rows.append({"id": f"rephrased-{len(rows)}",
+                     "messages": [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}], "answer": str(answer)})
+    return rows

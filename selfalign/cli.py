@@ -74,6 +74,7 @@ def generate(
     n: Optional[int] = typer.Option(None, help="samples per prompt  [default: 8]"),
     temperature: Optional[float] = typer.Option(None, help="[default: 0.8]"),
     top_p: Optional[float] = typer.Option(None, help="[default: 1.0]"),
+    min_p: Optional[float] = typer.Option(None, help="min-p sampling; 0 is off  [default: 0.0]"),
     max_new_tokens: Optional[int] = typer.Option(None, help="[default: 256]"),
     stop: Optional[list[str]] = typer.Option(None, help="stop string (repeatable)"),
     seed: Optional[int] = typer.Option(None, help="[default: 0]"),
@@ -101,7 +102,8 @@ def generate(
     from selfalign.records import PromptRecord
 
     cfg = load_config(GenerationConfig, config, {"engine": engine, "n": n, "temperature": temperature, "top_p": top_p,
-                                                 "max_new_tokens": max_new_tokens, "stop": stop or None, "seed": seed,
+                                                 "min_p": min_p, "max_new_tokens": max_new_tokens, "stop": stop or None,
+                                                 "seed": seed,
                                                  "record_logprobs": logprobs, "truncate_prompts": truncate_prompts,
                                                  **engine_overrides(tensor_parallel_size, data_parallel_size,
                                                                     gpu_memory_utilization, max_model_len, dtype,
@@ -193,6 +195,8 @@ def judge(
                                                   "retries included  [default: 300]"),
     on_judge_error: Optional[str] = typer.Option(None, help="OpenAI endpoint, when a request's time is spent: stop | "
                                                  "abstain  [default: stop]"),
+    strict_answers: Optional[bool] = typer.Option(None, "--strict-answers", help="self-consistency: only finished "
+                                                  "samples that state 'The answer is N' vote"),
     force: bool = typer.Option(False, help="discard OUT.partial left by a run on other samples or settings"),
 ) -> None:
     """Score samples: self-consistency votes, an LLM judge, a reward model, or MBR consensus."""
@@ -207,7 +211,7 @@ def judge(
                                             "mode": mode, "use_logprobs": use_logprobs, "concurrency": concurrency,
                                             "judge_timeout": judge_timeout, "on_judge_error": on_judge_error,
                                             "utility": utility, "mbr_references": mbr_references,
-                                            "embedding_model": embedding_model})
+                                            "embedding_model": embedding_model, "strict_answers": strict_answers})
     records = read_jsonl(samples, Sample)
     check_samples(records, samples)
     prepare_output(out)
@@ -229,6 +233,8 @@ def build_pairs(
     vote_threshold: Optional[int] = typer.Option(None, help="scpo, singles: tau, least votes of the top answer"),
     max_pairs_per_prompt: Optional[int] = None,
     max_length_ratio: Optional[float] = typer.Option(None, help="drop pairs whose chosen is this many times longer"),
+    chosen_pick: Optional[str] = typer.Option(None, help="scpo: first | shortest (the shortest finished sample of "
+                                              "the top answer)  [default: first]"),
 ) -> None:
     """Build preference pairs, ranked lists or single labeled completions from scored samples, with a report of what
     was dropped and why."""
@@ -240,7 +246,7 @@ def build_pairs(
     options = load_config(PairOptions, config, {"mode": mode, "min_margin": min_margin,
                                                 "vote_threshold": vote_threshold,
                                                 "max_pairs_per_prompt": max_pairs_per_prompt,
-                                                "max_length_ratio": max_length_ratio})
+                                                "max_length_ratio": max_length_ratio, "chosen_pick": chosen_pick})
     prepare_output(out)
     records, report = build_preferences(require_records(read_jsonl(scored, ScoredSample), scored, "scored samples"),
                                         options)

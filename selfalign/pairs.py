@@ -29,6 +29,10 @@ class PairOptions(BaseModel):
     max_length_ratio: float | None = Field(None, gt=1.0, description="drop pairs whose chosen is this many times "
                                            "longer than the rejected (a guard against judges that reward length)")
     reject_unanswered: bool = Field(True, description="scpo: a sample with no answer (0 votes) may be rejected")
+    chosen_pick: Literal["first", "shortest"] = Field("first", description="scpo: which sample of the top answer is "
+                                                      "chosen: the first sampled, or the shortest one that finished "
+                                                      "(concise; the rejected then differs mostly in its answer or "
+                                                      "its rambling)")
     drop_identical: bool = True
 
 
@@ -101,6 +105,8 @@ def _scpo_pairs(group: list[ScoredSample], options: PairOptions, report: Counter
         report["dropped_votes_tied"] += 1
         return []
     chosen_pool = [s for s in answered if s.votes == top_votes]
+    if options.chosen_pick == "shortest":
+        chosen_pool.sort(key=lambda s: (s.finish_reason != "stop", s.num_tokens, s.sample_index))
     rejected_pool = [s for s in pool if (s.votes or 0) == low_votes]
     kept = []
     for chosen in chosen_pool:

@@ -74,3 +74,12 @@ def test_unknown_engine_is_a_clear_error():
 def test_duplicate_prompt_ids_are_refused(engine):
     with pytest.raises(ValueError, match="'x' appears more than once"):
         engine.generate([PromptRecord(id="x", prompt="a"), PromptRecord(id="x", prompt="b")], SamplingSettings())
+
+
+def test_min_p_one_keeps_only_the_top_token(engine):
+    """min_p = 1 drops every token less likely than the most likely one: a hot sample is then the greedy text."""
+    greedy = [s.text for s in engine.generate(PROMPTS, SamplingSettings(temperature=0.0, max_new_tokens=16))]
+    hot = SamplingSettings(n=2, temperature=1.5, min_p=1.0, max_new_tokens=16, seed=5)
+    assert [s.text for s in engine.generate(PROMPTS, hot)] == [t for t in greedy for _ in range(2)]
+    free = engine.generate(PROMPTS, hot.model_copy(update={"min_p": 0.0}))
+    assert [s.text for s in free] != [t for t in greedy for _ in range(2)]

@@ -31,6 +31,13 @@ def test_vllm_and_hf_greedy_agree(vllm_engine):
     assert [s.text for s in vllm_engine.generate(PROMPTS, settings)] == [s.text for s in hf.generate(PROMPTS, settings)]
 
 
+
+def test_vllm_min_p_reaches_the_sampler(vllm_engine):
+    """min_p = 1 keeps only the most likely token, so hot samples equal the greedy text."""
+    greedy = [s.text for s in vllm_engine.generate(PROMPTS, SamplingSettings(temperature=0.0, max_new_tokens=16))]
+    hot = vllm_engine.generate(PROMPTS, SamplingSettings(n=2, temperature=1.5, min_p=1.0, max_new_tokens=16))
+    assert [s.text for s in hot] == [t for t in greedy for _ in range(2)]
+
 def test_vllm_logprobs_are_the_trainers_reference(vllm_engine):
     """The sampler's recorded log-probs against the trainer's reference pass (transformers fp32) on the same tokens:
     measured here up to about 3e-4 nats per sequence (max 4.5e-5 per token) at T=0.7."""

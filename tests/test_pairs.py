@@ -31,6 +31,27 @@ def test_scpo_threshold_and_weights():
     assert records[0].rejected[0].content == "The answer is 6" and records[0].weight == (4 - 1) / 8
 
 
+
+def test_strict_votes_only_finished_explicit_answers_and_shortest_chosen():
+    texts = ["so 3 + 4 = 7 and then 8", "Adding: 3 + 4 = 7. The answer is 7", "The answer is 7", "it is 8",
+             "The answer is 8", "The answer is \\boxed{7}", "First 3 + 4 = 7, then again 7 + 1 = 8 ... The answer is 7"]
+    samples = _samples("p", texts)
+    samples[1] = samples[1].model_copy(update={"num_tokens": 12})
+    samples[6] = samples[6].model_copy(update={"num_tokens": 30, "finish_reason": "length"})
+    loose = score_self_consistency(samples)
+    assert [s.answer for s in loose] == ["8", "7", "7", "8", "8", "7", "7"]
+    strict = score_self_consistency(samples, strict=True)
+    # bare last numbers and the sample cut at the token limit abstain: 3 votes for 7, 1 for 8
+    assert [s.answer for s in strict] == [None, "7", "7", None, "8", "7", None]
+    assert [s.votes for s in strict] == [0, 3, 3, 0, 1, 3, 0]
+
+    first, _ = build_preferences(strict, PairOptions(mode="scpo", vote_threshold=3))
+    assert first[0].chosen[0].content == texts[1] and first[0].rejected[0].content == texts[0]
+    assert first[0].weight == 3 / 7
+    shortest, _ = build_preferences(strict, PairOptions(mode="scpo", vote_threshold=3, chosen_pick="shortest"))
+    assert shortest[0].chosen[0].content == "The answer is 7"  # 5 tokens, finished, of the top answer
+
+
 def _scored(prompt_id, texts_scores):
     return [ScoredSample(prompt_id=prompt_id, sample_index=i, messages=MESSAGES, text=t, num_tokens=5,
                          finish_reason="stop", score=s) for i, (t, s) in enumerate(texts_scores)]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from selfalign.generation import SamplingSettings
+from selfalign.generation import MIN_P_HELP, SamplingSettings
 from selfalign.judging.answers import extract_answer, majority_answer, normalize_number
 from selfalign.records import PromptRecord, group_by_prompt, prompt_id_of
 from selfalign.selection import SelectConfig
@@ -24,6 +24,7 @@ class HeldoutConfig(BaseModel):
     sampled_limit: int | None = None  # sampled/majority@k on the first N prompts only (greedy uses `limit`)
     temperature: float = 0.8
     top_p: float = 1.0
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description=MIN_P_HELP)
     max_new_tokens: int = 128
     self_revision_rounds: int = 0
     select: SelectConfig | None = None  # also the accuracy of one sample chosen from the k (MBR or self-verify)
@@ -48,9 +49,9 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
               "greedy_no_answer": sum(extract_answer(s.text) is None for s in greedy) / len(prompts)}
     if cfg.k > 0:
         sampled_prompts = prompts[:cfg.sampled_limit]
-        sampled = engine.generate(sampled_prompts, SamplingSettings(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                                            max_new_tokens=cfg.max_new_tokens, seed=seed),
-                                  progress=True)
+        settings = SamplingSettings(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p,
+                                    max_new_tokens=cfg.max_new_tokens, seed=seed)
+        sampled = engine.generate(sampled_prompts, settings, progress=True)
         by_prompt = group_by_prompt(sampled)
         ids = [prompt_id_of(p, i) for i, p in enumerate(sampled_prompts)]
         sample_acc, majority, any_right = [], [], []

@@ -22,10 +22,15 @@ log = logging.getLogger(__name__)
 ENGINES = ("hf", "vllm", "auto")
 
 
+MIN_P_HELP = ("min-p sampling (Nguyen et al. 2024, arXiv:2407.01082): drop tokens whose probability is below min_p "
+              "times the most likely token's; 0 turns it off")
+
+
 class SamplingSettings(BaseModel):
     n: int = Field(1, ge=1)
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description=MIN_P_HELP)
     max_new_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=list)
     seed: int = 0
@@ -43,6 +48,7 @@ class GenerationConfig(EngineOptions):
     n: int = Field(8, ge=1, description="samples per prompt")
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description=MIN_P_HELP)
     max_new_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(None, description="sampling seed; unset: 0, or in `selfalign run` recipe seed + iteration")
@@ -52,7 +58,7 @@ class GenerationConfig(EngineOptions):
                                    "of their last message) instead of refusing them")
 
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(n=self.n, temperature=self.temperature, top_p=self.top_p,
+        return SamplingSettings(n=self.n, temperature=self.temperature, top_p=self.top_p, min_p=self.min_p,
                                 max_new_tokens=self.max_new_tokens, stop=self.stop, seed=self.seed or 0,
                                 logprobs=self.record_logprobs, truncate_prompts=self.truncate_prompts)
 

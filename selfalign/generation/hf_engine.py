@@ -61,6 +61,7 @@ class HFEngine:
                 do_sample=sampling,
                 temperature=settings.temperature if sampling else None,
                 top_p=settings.top_p if sampling else None,
+                min_p=settings.min_p if sampling and settings.min_p > 0 else None,
                 top_k=0 if sampling else None,  # transformers defaults top_k=50; vLLM does not
                 max_new_tokens=settings.max_new_tokens,
                 num_return_sequences=settings.n,

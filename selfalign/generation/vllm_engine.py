@@ -67,6 +67,7 @@ class VLLMEngine:
             n=settings.n,
             temperature=settings.temperature,
             top_p=settings.top_p if settings.temperature > 0 else 1.0,
+            min_p=settings.min_p if settings.temperature > 0 else 0.0,
             max_tokens=settings.max_new_tokens,
             stop=settings.stop or None,
             logprobs=0 if settings.logprobs else None,

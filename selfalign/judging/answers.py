@@ -61,6 +61,15 @@ def last_number(text: str) -> str | None:
     return normalize_number(numbers[-1]) if numbers else None
 
 
+def explicit_answer(text: str) -> str | None:
+    """The answer only where the text states it (`#### N`, "The answer is N", `\\boxed{}`): no last-number guess."""
+    answer = strict_answer(text)
+    if answer is not None:
+        return answer
+    boxed = _boxed(text)
+    return None if boxed is None else normalize_number(boxed) or boxed
+
+
 def strict_answer(text: str) -> str | None:
     """Only the explicit formats (`#### N`, "The answer is N"), as lm-eval-harness's strict-match."""
     for pattern in (_GSM8K, _THE_ANSWER_IS):

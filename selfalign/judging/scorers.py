@@ -4,10 +4,11 @@ step and `selfalign eval` all build their scorers and judge backends here."""
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from selfalign.records import Sample, ScoredSample
 
@@ -34,8 +35,17 @@ class JudgeConfig(BaseModel):
                                  "(hub id or folder)")
     concurrency: int = Field(8, ge=1, description="endpoint requests in flight")
     judge_timeout: float = Field(300.0, gt=0, description="endpoint: seconds one request may take, retries included")
+    strict_answers: bool = Field(False, description="self-consistency: only a sample that finished and states its "
+                                 "answer in the asked form ('The answer is N', '#### N', \\boxed{}) votes; a cut-off "
+                                 "or unformatted one abstains, and so can be rejected but never chosen")
     on_judge_error: Literal["stop", "abstain"] = Field("stop", description="endpoint: when a request's time is spent, "
                                                        "stop with an error, or count it as an abstention")
+
+    @model_validator(mode="after")
+    def _strict_only_for_votes(self):
+        if self.strict_answers and self.scorer != "self-consistency":
+            raise ValueError(f"strict_answers applies to the self-consistency scorer, not {self.scorer}")
+        return self
 
     def resume_settings(self) -> dict:
         """The settings a judge partial's scores depend on; how the endpoint is driven (concurrency, time budget)
@@ -63,7 +73,7 @@ def make_scorer(config: JudgeConfig, cache_path: Path | None = None) -> tuple[Sc
     if config.scorer == "self-consistency":
         from selfalign.judging.self_consistency import score_self_consistency
 
-        return score_self_consistency, stats
+        return partial(score_self_consistency, strict=config.strict_answers), stats
     if config.scorer == "mbr":
         from selfalign.judging.mbr import EmbeddingUtility, judge_utility, metric_utility, score_mbr
 
