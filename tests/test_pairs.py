@@ -1,3 +1,7 @@
+import pytest
+from pydantic import ValidationError
+
+from selfalign.judging.scorers import JudgeConfig
 from selfalign.judging.self_consistency import score_self_consistency
 from selfalign.pairs import PairOptions, build_preferences
 from selfalign.records import Message, Sample, ScoredSample
@@ -51,6 +55,12 @@ def test_strict_votes_only_finished_explicit_answers_and_shortest_chosen():
     shortest, _ = build_preferences(strict, PairOptions(mode="scpo", vote_threshold=3, chosen_pick="shortest"))
     assert shortest[0].chosen[0].content == "The answer is 7"  # 5 tokens, finished, of the top answer
 
+
+
+def test_strict_answers_only_with_votes():
+    assert JudgeConfig(strict_answers=True).strict_answers
+    with pytest.raises(ValidationError, match="strict_answers"):
+        JudgeConfig(scorer="mbr", strict_answers=True)
 
 def _scored(prompt_id, texts_scores):
     return [ScoredSample(prompt_id=prompt_id, sample_index=i, messages=MESSAGES, text=t, num_tokens=5,

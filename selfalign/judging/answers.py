@@ -45,14 +45,8 @@ def extract_answer(text: str) -> str | None:
     Tried in order: GSM8K's `#### N`, "The answer is N", `\\boxed{...}`, then the last number in the text.
     Numbers are normalized (commas, `$`, trailing `.0`); a boxed non-number is kept as written for symbolic matching.
     """
-    for pattern in (_GSM8K, _THE_ANSWER_IS):
-        matches = pattern.findall(text)
-        if matches:
-            return normalize_number(matches[-1])
-    boxed = _boxed(text)
-    if boxed is not None:
-        return normalize_number(boxed) or boxed
-    return last_number(text)
+    answer = explicit_answer(text)
+    return answer if answer is not None else last_number(text)
 
 
 def last_number(text: str) -> str | None:

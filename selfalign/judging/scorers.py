@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from selfalign.records import Sample, ScoredSample
 
@@ -41,11 +41,13 @@ class JudgeConfig(BaseModel):
     on_judge_error: Literal["stop", "abstain"] = Field("stop", description="endpoint: when a request's time is spent, "
                                                        "stop with an error, or count it as an abstention")
 
-    @model_validator(mode="after")
-    def _strict_only_for_votes(self):
-        if self.strict_answers and self.scorer != "self-consistency":
-            raise ValueError(f"strict_answers applies to the self-consistency scorer, not {self.scorer}")
-        return self
+    @field_validator("strict_answers")
+    @classmethod
+    def _strict_only_for_votes(cls, strict: bool, info: ValidationInfo) -> bool:
+        scorer = info.data.get("scorer")
+        if strict and scorer != "self-consistency":
+            raise ValueError(f"applies to the self-consistency scorer, not {scorer}")
+        return strict
 
     def resume_settings(self) -> dict:
         """The settings a judge partial's scores depend on; how the endpoint is driven (concurrency, time budget)
