@@ -288,7 +288,7 @@ def test_bf16_mixed_precision_autocasts_and_keeps_fp32_weights(tmp_path, pairs_f
     for bf16 in (False, True):
         cfg = TrainConfig(model=tiny_model_path, loss_type="dpo", learning_rate=1e-3, max_steps=2,
                           per_device_train_batch_size=2, use_peft=True, lora_r=4, report_to=[], bf16=bf16)
-        summary = train(cfg, pairs_file, tmp_path / str(bf16))
+        train(cfg, pairs_file, tmp_path / str(bf16))
         runs[bf16] = [json.loads(line) for line in (tmp_path / str(bf16) / "metrics.jsonl").read_text().splitlines()]
         adapter = load_file(next((tmp_path / str(bf16) / "final").glob("*.safetensors")))
         assert {t.dtype for t in adapter.values()} == {torch.float32}, "fp32 master weights"
@@ -414,6 +414,21 @@ LAUNCHES = {
 }
 
 
+def _extensions_with_stale_lock(root: Path) -> Path:
+    """A build folder holding the ops already compiled (linked, so nothing recompiles) and a lock left an hour ago."""
+    from selfalign.training.build_locks import extensions_root
+
+    (root / "stale_op").mkdir(parents=True)
+    if extensions_root().is_dir():
+        for built in extensions_root().iterdir():
+            if built.is_dir() and not (built / "lock").exists():
+                (root / built.name).symlink_to(built)
+    lock = root / "stale_op" / "lock"
+    lock.touch()
+    os.utime(lock, (time.time() - 3600,) * 2)
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launch", list(LAUNCHES))
 def test_two_process_run_ends_with_identical_weights(tmp_path, pairs_file, tiny_model_path, launch):
@@ -421,6 +436,8 @@ def test_two_process_run_ends_with_identical_weights(tmp_path, pairs_file, tiny_
         pytest.importorskip("deepspeed")
     env_extra, config = LAUNCHES[launch]
     env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if launch == "zero2":  # a stale build lock of another op must be named on stderr (build_locks.py)
+        env["TORCH_EXTENSIONS_DIR"] = str(_extensions_with_stale_lock(tmp_path / "torch_extensions"))
     out = tmp_path / launch
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
            "--num_processes", "2", "--mixed_precision", "no", "-m", "selfalign.cli", "train",
@@ -429,6 +446,8 @@ def test_two_process_run_ends_with_identical_weights(tmp_path, pairs_file, tiny_
            "--set", "report_to=[]"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    if launch == "zero2":
+        assert "A build lock" in result.stderr and "'stale_op'" in result.stderr, result.stderr[-3000:]
     ranks = [json.loads((out / f"rank-{r}-checksum.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2], "accelerate must really start two processes"
     assert ranks[0]["sha256"] == ranks[1]["sha256"], "the ranks' weights diverged"

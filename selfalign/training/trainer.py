@@ -25,6 +25,7 @@ from selfalign.errors import SelfAlignError
 from selfalign.io import records_sha256, write_json
 from selfalign.losses import LOSSES
 from selfalign.progress import progress_bar
+from selfalign.training.build_locks import warn_stale_build_locks
 from selfalign.training.config import TrainConfig
 from selfalign.training.data import collate, read_preferences, record_kind, tokenize_records
 from selfalign.training.forward import batch_logps
@@ -47,6 +48,8 @@ def make_accelerator(cfg: TrainConfig, out_dir: Path):
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if multi_process and not torch.cuda.is_available():  # on CPU, name gloo explicitly (else one process runs)
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and os.environ.get("LOCAL_RANK", "0") == "0":
+        warn_stale_build_locks()  # before DeepSpeed's op compile, which would wait on one silently
     report_to = [r for r in cfg.report_to if r != "wandb" or _wandb_available()]
     # accelerate keeps one state per process; a second train() in the same process (a notebook, the tests) may ask
     # for another precision. The distributed part (PartialState) is kept.
