@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+from machine import cpu_flags  # benchmarks/machine.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return " ".join(sorted(set(re.findall(r"\b(avx512[a-z_0-9]*|amx[a-z_0-9]*)\b", text)))) or "none (AVX2 class)"
 
 
 def bootstrap_interval(values: list[float]) -> tuple[float, float]:

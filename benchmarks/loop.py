@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import sysconfig
@@ -25,21 +24,12 @@ import time
 from pathlib import Path
 
 import yaml
+from machine import cpu_flags  # benchmarks/machine.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 # The last commit before the loop-speed work (issue "The loop at half the time"): five engine starts per 2-iteration
 # run, a reference pass in training, a forward per sequence.
 BASELINE = "bfe6150"
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = sorted(set(re.findall(r"\b(avx512[a-z_0-9]*|amx[a-z_0-9]*)\b", text)))
-    avx2 = " avx2" in text
-    return ("AVX2" if avx2 else "no AVX2") + (", " + " ".join(flags) if flags else ", no AVX512/AMX")
 
 
 def baseline_python(rev: str, workdir: Path) -> tuple[str, Path]:

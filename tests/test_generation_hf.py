@@ -83,3 +83,17 @@ def test_min_p_one_keeps_only_the_top_token(engine):
     assert [s.text for s in engine.generate(PROMPTS, hot)] == [t for t in greedy for _ in range(2)]
     free = engine.generate(PROMPTS, hot.model_copy(update={"min_p": 0.0}))
     assert [s.text for s in free] != [t for t in greedy for _ in range(2)]
+
+
+@pytest.mark.parametrize("bad", [{"min_p": 1.5}, {"min_p": -0.1}, {"top_p": 0.0}, {"top_p": 1.2}])
+def test_sampling_knobs_out_of_range_are_refused_everywhere(bad):
+    """The generate stage, the engines' settings and the held-out evaluation share one declaration of top_p/min_p."""
+    from pydantic import ValidationError
+
+    from selfalign.evaluation.heldout import HeldoutConfig
+    from selfalign.generation import GenerationConfig
+
+    for make in (lambda: GenerationConfig(**bad), lambda: SamplingSettings(**bad),
+                 lambda: HeldoutConfig(data="held.jsonl", **bad)):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            make()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from selfalign.generation import MIN_P_HELP, SamplingSettings
+from selfalign.generation import MinP, SamplingSettings, TopP
 from selfalign.judging.answers import extract_answer, majority_answer, normalize_number
 from selfalign.records import PromptRecord, group_by_prompt, prompt_id_of
 from selfalign.selection import SelectConfig
@@ -23,8 +23,8 @@ class HeldoutConfig(BaseModel):
     k: int = 8
     sampled_limit: int | None = None  # sampled/majority@k on the first N prompts only (greedy uses `limit`)
     temperature: float = 0.8
-    top_p: float = 1.0
-    min_p: float = Field(0.0, ge=0.0, le=1.0, description=MIN_P_HELP)
+    top_p: TopP = 1.0
+    min_p: MinP = 0.0
     max_new_tokens: int = 128
     self_revision_rounds: int = 0
     select: SelectConfig | None = None  # also the accuracy of one sample chosen from the k (MBR or self-verify)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,13 +24,16 @@ ENGINES = ("hf", "vllm", "auto")
 
 MIN_P_HELP = ("min-p sampling (Nguyen et al. 2024, arXiv:2407.01082): drop tokens whose probability is below min_p "
               "times the most likely token's; 0 turns it off")
+# The sampling knobs that the generate stage, `SamplingSettings` and the held-out evaluation all declare.
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+MinP = Annotated[float, Field(ge=0.0, le=1.0, description=MIN_P_HELP)]
 
 
 class SamplingSettings(BaseModel):
     n: int = Field(1, ge=1)
     temperature: float = Field(0.8, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    min_p: float = Field(0.0, ge=0.0, le=1.0, description=MIN_P_HELP)
+    top_p: TopP = 1.0
+    min_p: MinP = 0.0
     max_new_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=list)
     seed: int = 0
@@ -47,8 +50,8 @@ class GenerationConfig(EngineOptions):
     engine: Literal["hf", "vllm", "auto"] = "auto"
     n: int = Field(8, ge=1, description="samples per prompt")
     temperature: float = Field(0.8, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    min_p: float = Field(0.0, ge=0.0, le=1.0, description=MIN_P_HELP)
+    top_p: TopP = 1.0
+    min_p: MinP = 0.0
     max_new_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(None, description="sampling seed; unset: 0, or in `selfalign run` recipe seed + iteration")
