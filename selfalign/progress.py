@@ -19,6 +19,7 @@ from typing import TextIO
 from tqdm.auto import tqdm
 
 PROGRESS_ENV = "SELFALIGN_PROGRESS"
+MIN_DONE_FOR_ESTIMATE = 0.1
 QUIET_ENV = "SELFALIGN_PROGRESS_QUIET"  # report to the file only (an engine replica: its parent draws the one bar)
 
 
@@ -49,7 +50,8 @@ class progress_bar(tqdm):  # noqa: N801 (used like tqdm, whose name it keeps the
         if not self._report_path or (not force and now - self._reported_at < 0.5):
             return
         self._reported_at = now
-        payload = {"desc": self.desc, "n": self.n, "total": self.total, "unit": self.unit}
+        payload = {"desc": self.desc, "n": self.n, "total": self.total, "unit": self.unit,
+                   "elapsed": round(self._time() - self.start_t, 1)}  # this bar's own time: a stage may run several
         tmp = f"{self._report_path}.{os.getpid()}.tmp"
         try:
             Path(tmp).write_text(json.dumps(payload))
@@ -104,8 +106,11 @@ class RunDisplay:
             n, total = progress["n"], progress["total"]
             what = f"{progress.get('desc') or ''} {n}/{total} {progress.get('unit') or ''}".strip()
             line = f"{self.label} · {what} · {_clock(elapsed)} elapsed"
-            if 0 < n < total:
-                line += f" · ~{_clock(elapsed * (total - n) / n)} left in this part"
+            # The rate of this bar alone (a stage's earlier bars would inflate it), and only once a tenth is done:
+            # vLLM finishes a batch's requests in waves, so the first few say nothing about the rest.
+            if total * MIN_DONE_FOR_ESTIMATE <= n < total:
+                part = progress.get("elapsed", elapsed)
+                line += f" · ~{_clock(part * (total - n) / n)} left in this part"
         if self.live:
             self._write(line, final=False)
         elif now - self.last_plain >= self.plain_every:

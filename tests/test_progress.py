@@ -9,7 +9,9 @@ def test_progress_bar_reports_to_the_file_the_loop_names(tmp_path, monkeypatch):
     path = tmp_path / "generate.progress.json"
     monkeypatch.setenv(PROGRESS_ENV, str(path))
     bar = progress_bar(total=10, desc="generate (hf)", unit="prompts", file=io.StringIO())
-    assert read_progress(path) == {"desc": "generate (hf)", "n": 0, "total": 10, "unit": "prompts"}
+    first = read_progress(path)
+    assert 0.0 <= first.pop("elapsed") < 5.0, "the bar's own seconds so far"
+    assert first == {"desc": "generate (hf)", "n": 0, "total": 10, "unit": "prompts"}
     bar.update(4)  # within half a second of the last report: throttled
     bar.update(3)
     bar.close()  # a closing bar always reports its last count
@@ -58,3 +60,17 @@ def test_terminal_output_updates_one_line_in_place():
     assert text.count("\n") == 1, "the live line is rewritten, only the summary ends a line"
     assert text.endswith("\r\x1b[2Kiter 1/1 · train · done in 61.2 s (14 steps)\n")
     assert "train 3/14 steps" in text
+
+
+def test_estimate_uses_the_current_bars_own_rate_and_waits_for_a_tenth():
+    """A stage's second bar (evaluation: greedy, then sampled) is estimated from its own elapsed time, not the
+    stage's; with under a tenth done no estimate is printed (it was hours off with 4 of 400 done)."""
+    out = io.StringIO()
+    display = RunDisplay(1, stream=out, plain_every=0.0)
+    display.start(0, "evaluate")
+    display.stage_started -= 600  # the stage's first bar took ten minutes
+    display.update({"desc": "Processed prompts", "n": 4, "total": 400, "unit": "it", "elapsed": 30.0})
+    display.update({"desc": "Processed prompts", "n": 100, "total": 400, "unit": "it", "elapsed": 60.0})
+    lines = out.getvalue().splitlines()
+    assert "left" not in lines[1] and "10:00 elapsed" in lines[1]
+    assert lines[2].endswith("· ~3:00 left in this part"), lines[2]
