@@ -35,7 +35,6 @@ def test_scpo_threshold_and_weights():
     assert records[0].rejected[0].content == "The answer is 6" and records[0].weight == (4 - 1) / 8
 
 
-
 def test_strict_votes_only_finished_explicit_answers_and_shortest_chosen():
     texts = ["so 3 + 4 = 7 and then 8", "Adding: 3 + 4 = 7. The answer is 7", "The answer is 7", "it is 8",
              "The answer is 8", "The answer is \\boxed{7}", "First 3 + 4 = 7, then again 7 + 1 = 8 ... The answer is 7"]
@@ -56,11 +55,11 @@ def test_strict_votes_only_finished_explicit_answers_and_shortest_chosen():
     assert shortest[0].chosen[0].content == "The answer is 7"  # 5 tokens, finished, of the top answer
 
 
-
 def test_strict_answers_only_with_votes():
     assert JudgeConfig(strict_answers=True).strict_answers
     with pytest.raises(ValidationError, match="strict_answers"):
         JudgeConfig(scorer="mbr", strict_answers=True)
+
 
 def _scored(prompt_id, texts_scores):
     return [ScoredSample(prompt_id=prompt_id, sample_index=i, messages=MESSAGES, text=t, num_tokens=5,
