@@ -12,11 +12,15 @@ from selfalign.records import PromptRecord, Sample
 
 def set_cpu_defaults(env=os.environ) -> None:
     """vLLM-CPU reserves a core and binds one worker thread by default; binding all cores doubled tokens/s here.
-    Values already in `env` (the user's, or a replica's core share) win."""
+    Values already in `env` (the user's, or a replica's core share) win. On GPUs none of this applies: there vLLM's
+    separate engine process overlaps scheduling with the device's work."""
     cores = os.cpu_count() or 1
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
     env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    # The engine core in this process, not a spawned one: on 2 cores the start fell from 27 s to 12 s (the second
+    # process re-imports torch and vLLM) at the same tokens/s (365-376 either way, README "Measured").
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 def vllm_dtype(dtype: str, on_gpu: bool) -> str:
