@@ -4,8 +4,9 @@
 
 The baseline is checked out (git archive) into a temporary folder and run through a throw-away virtual environment
 that reuses this one's packages but imports the baseline's `selfalign`. Both runs use the same recipe file; each runs
-in its own checkout folder, whose data/ files must be the same (checked). Prints each stage's seconds, the engine
-starts, the held-out numbers, the wall time of each run and their ratio, and the CPU's AVX512/AMX flags.
+in its own checkout folder, whose copies of the files the recipe reads must be the same (checked). Prints each
+stage's seconds, the engine starts, the held-out numbers, the wall time of each run and their ratio, and the CPU's
+AVX512/AMX flags.
 
 `--small` shrinks the recipe for a quick check (24 prompts per iteration, 60 held-out problems, 6 training steps).
 """
@@ -48,10 +49,17 @@ def baseline_python(rev: str, workdir: Path) -> tuple[str, Path]:
     return str(python), checkout
 
 
-def same_data(a: Path, b: Path) -> bool:
-    digest = lambda root: {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-                           for p in sorted((root / "data").glob("*.jsonl"))}
-    return digest(a) == digest(b)
+def recipe_data(recipe: Path) -> list[str]:
+    """The data files a recipe reads (its prompts and its held-out set), as written in it."""
+    data = yaml.safe_load(recipe.read_text())
+    return [f for f in (data.get("prompts"), (data.get("eval") or {}).get("data")) if f]
+
+
+def same_data(a: Path, b: Path, files: list[str]) -> bool:
+    """Whether both checkouts hold the same bytes in each of `files` (paths relative to a checkout; absolute ones
+    are the same file for both). Files the recipe does not read may differ: later commits add data files."""
+    digest = lambda root, f: hashlib.sha256((root / f).read_bytes()).hexdigest()  # noqa: E731
+    return all(digest(a, f) == digest(b, f) for f in files)
 
 
 def run_loop(python: str, cwd: Path, recipe: Path, out: Path) -> float:
@@ -113,8 +121,9 @@ def main() -> None:
     for side in sides:
         if side == "baseline":
             python, cwd = baseline_python(args.baseline, workdir)
-            if not same_data(REPO, cwd):
-                print("warning: data/ differs between the baseline and this checkout", flush=True)
+            if not same_data(REPO, cwd, recipe_data(recipe)):
+                print(f"warning: the recipe's data ({', '.join(recipe_data(recipe))}) differs between the baseline "
+                      "and this checkout", flush=True)
         else:
             python, cwd = sys.executable, REPO
         print(f"{side}: running ({'commit ' + args.baseline if side == 'baseline' else 'this checkout'}) ...",

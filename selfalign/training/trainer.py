@@ -259,7 +259,9 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     from transformers import get_scheduler
 
     from selfalign.models import load_tokenizer
+    from selfalign.training.heap import keep_freed_memory
 
+    keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
     # Data first: bad or empty input fails here, before anything is written.
     out_dir = Path(out_dir)
     records = read_preferences(pairs_path, cfg.loss_type, split)
