@@ -57,8 +57,10 @@ def recipe_data(recipe: Path) -> list[str]:
 
 def same_data(a: Path, b: Path, files: list[str]) -> bool:
     """Whether both checkouts hold the same bytes in each of `files` (paths relative to a checkout; absolute ones
-    are the same file for both). Files the recipe does not read may differ: later commits add data files."""
-    digest = lambda root, f: hashlib.sha256((root / f).read_bytes()).hexdigest()  # noqa: E731
+    are the same file for both; a file one checkout lacks differs). Files the recipe does not read may differ: later
+    commits add data files."""
+    digest = lambda root, f: (hashlib.sha256((root / f).read_bytes()).hexdigest()  # noqa: E731
+                              if (root / f).is_file() else None)
     return all(digest(a, f) == digest(b, f) for f in files)
 
 
@@ -121,9 +123,10 @@ def main() -> None:
     for side in sides:
         if side == "baseline":
             python, cwd = baseline_python(args.baseline, workdir)
-            if not same_data(REPO, cwd, recipe_data(recipe)):
-                print(f"warning: the recipe's data ({', '.join(recipe_data(recipe))}) differs between the baseline "
-                      "and this checkout", flush=True)
+            files = recipe_data(recipe)
+            if not same_data(REPO, cwd, files):
+                print(f"warning: the recipe's data ({', '.join(files)}) differs between the baseline and this "
+                      "checkout", flush=True)
         else:
             python, cwd = sys.executable, REPO
         print(f"{side}: running ({'commit ' + args.baseline if side == 'baseline' else 'this checkout'}) ...",

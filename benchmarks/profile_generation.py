@@ -6,9 +6,8 @@
 Starts a child that samples the default recipe's settings (n 8, T 0.5, min_p 0.1, <= 96 new tokens) from the default
 model with the vLLM engine (its engine core in the child's own process, so one thread runs the whole step), waits
 until its first request is done (warm), records the engine thread with `py-spy record --native` through the second
-(or its first S seconds),
-and prints the share of each part of a decode step, with how much of it the thread spent waiting in OpenMP
-(libgomp) for the other cores' share of the work. Prints the CPU flags beside it.
+(or its first S seconds), and prints the share of each part of a decode step, with how much of it the thread spent
+waiting in OpenMP (libgomp) for the other cores' share of the work. Prints the CPU flags beside it.
 """
 
 from __future__ import annotations
