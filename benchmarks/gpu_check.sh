@@ -11,7 +11,7 @@
 #     (PyPI has only DeepSpeed's sdist; built with no ops it is a py3-none-any wheel)
 #   cp <resolve_model("default")>/{tokenizer*,chat_template.jinja} .gpu_assets/tokenizer/
 # Run there as one call: pip install --no-index --no-deps --target /tmp/site .whl/*.whl, PYTHONPATH=/tmp/site, this.
-# Measured 2026-11-28 on one H200: 130 s (README, "GPU").
+# Measured 2026-11-28 on one H200: 130 s (docs/results.md, "GPU").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-}:$PWD" PYTHONUNBUFFERED=1

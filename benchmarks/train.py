@@ -59,6 +59,7 @@ def as_singles(pairs):
 
 def run_ours(args, pairs_path, out):
     from selfalign.training.config import TrainConfig
+    from selfalign.training.heap import keep_freed_memory
     from selfalign.training.trainer import train
 
     cfg = TrainConfig(model=args.model, loss_type=args.loss, beta=0.1, learning_rate=args.lr, max_steps=args.steps,
@@ -66,6 +67,7 @@ def run_ours(args, pairs_path, out):
                       report_to=[], save_steps=10_000, seed=0, bf16=args.trl_defaults,
                       gradient_checkpointing=args.trl_defaults)
     start = time.perf_counter()
+    keep_freed_memory()  # as `selfalign train` does (its entry point sets it)
     summary = train(cfg, pairs_path, out)
     losses = [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return time.perf_counter() - start, losses, {"reference": summary["reference"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -9,12 +10,14 @@ import typer
 from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from selfalign.cli_engine import (Backend, DataParallel, Dtype, EngineKwargs, GpuMemory, MaxModelLen, PrefixCaching,
                                   RayAddress, TensorParallel, engine_overrides)
-from selfalign.cli_utils import console, load_config, parse_set_options, setup_logging
+from selfalign.cli_utils import console, load_config, parse_set_options, print_error, setup_logging
 from selfalign.errors import ConfigError, SelfAlignError
 from selfalign.losses import LOSSES
+from selfalign.training.heap import keep_freed_memory
 
 class _Commands(TyperGroup):
     """Every command's expected failure (a SelfAlignError) becomes one line on stderr and exit status 2; any other
@@ -26,11 +29,13 @@ class _Commands(TyperGroup):
         except SelfAlignError as e:
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            print_error(e)
             raise typer.Exit(2) from None
 
 
-app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, help=__doc__)
+# markdown, not rich: a help text's "[default: X]" or "[/INST]" is text, not markup
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, help=__doc__,
+                  rich_markup_mode="markdown")
 
 
 @app.callback()
@@ -119,7 +124,7 @@ def generate(
                                                      "mbr_references": mbr_references})
         if cfg.n < 2:
             raise ConfigError(f"--select {selection.method} chooses among samples: give --n 2 or more")
-    prepare_output(out)
+    prepare_output(out, inputs=[prompts])
     gen = get_engine(cfg.engine, model, seed=cfg.seed or 0, options=cfg)
     start = time.perf_counter()
     samples = gen.generate(records, cfg.sampling(), progress=True)
@@ -145,8 +150,8 @@ def generate(
         for column in ("prompt", "#", "tokens", "finish", "completion"):
             table.add_column(column)
         for s in samples[:show]:
-            table.add_row(s.messages[-1].content[:60], str(s.sample_index), str(s.num_tokens), s.finish_reason,
-                          s.text[:120].replace("\n", " "))
+            table.add_row(Text(s.messages[-1].content[:60]), str(s.sample_index), str(s.num_tokens), s.finish_reason,
+                          Text(s.text[:120].replace("\n", " ")))
         Console().print(table)
 
 
@@ -176,8 +181,12 @@ def judge(
     samples: Path = typer.Option(..., help="samples JSONL from `selfalign generate`"),
     out: Path = typer.Option(..., help="scored samples JSONL (atomic; resumes from OUT.partial)"),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON with judge fields (a recipe's `judge:`)"),
-    scorer: Optional[str] = typer.Option(None, help="self-consistency | llm-judge | reward-model | mbr  "
+    scorer: Optional[str] = typer.Option(None, help="self-consistency | execution | llm-judge | reward-model | mbr  "
                                          "[default: self-consistency]"),
+    check: Optional[str] = typer.Option(None, help="execution: equations (compute each written equation) | program "
+                                        "(run the sample as a program)  [default: equations]"),
+    grounded: Optional[bool] = typer.Option(None, "--grounded/--no-grounded", help="execution, equations: operands "
+                                            "must be the question's numbers or earlier true results  [default: on]"),
     utility: Optional[str] = typer.Option(None, help="mbr: chrf | rouge-l | bleu | embedding | llm-judge  "
                                           "[default: chrf]"),
     mbr_references: Optional[int] = typer.Option(None, help="mbr: pseudo-references per sample; cost grows as "
@@ -199,7 +208,7 @@ def judge(
                                                   "samples that state 'The answer is N' vote"),
     force: bool = typer.Option(False, help="discard OUT.partial left by a run on other samples or settings"),
 ) -> None:
-    """Score samples: self-consistency votes, an LLM judge, a reward model, or MBR consensus."""
+    """Score samples: self-consistency votes, checked (executed) answers, an LLM judge, a reward model, or MBR."""
     from selfalign.io import read_jsonl
     from selfalign.judging.scorers import JudgeConfig, make_scorer
     from selfalign.io import prepare_output
@@ -211,10 +220,11 @@ def judge(
                                             "mode": mode, "use_logprobs": use_logprobs, "concurrency": concurrency,
                                             "judge_timeout": judge_timeout, "on_judge_error": on_judge_error,
                                             "utility": utility, "mbr_references": mbr_references,
-                                            "embedding_model": embedding_model, "strict_answers": strict_answers})
+                                            "embedding_model": embedding_model, "strict_answers": strict_answers,
+                                            "check": check, "grounded": grounded})
     records = read_jsonl(samples, Sample)
     check_samples(records, samples)
-    prepare_output(out)
+    prepare_output(out, inputs=[samples])
     score_group, stats = make_scorer(cfg, out.with_name(out.name + ".judge-cache.jsonl"))
     scored = score_file(records, score_group, out, settings=cfg.resume_settings(),
                         force=force)
@@ -247,7 +257,7 @@ def build_pairs(
                                                 "vote_threshold": vote_threshold,
                                                 "max_pairs_per_prompt": max_pairs_per_prompt,
                                                 "max_length_ratio": max_length_ratio, "chosen_pick": chosen_pick})
-    prepare_output(out)
+    prepare_output(out, inputs=[scored])
     records, report = build_preferences(require_records(read_jsonl(scored, ScoredSample), scored, "scored samples"),
                                         options)
     if not records:
@@ -267,7 +277,8 @@ def train(
     split: str = typer.Option("train", help="dataset split, for a hub dataset or dataset folder"),
     config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields (TRL's names)"),
     model: Optional[str] = typer.Option(None, help="policy and reference model (default: 'default')"),
-    loss: Optional[str] = typer.Option(None, help=f"loss_type: {' | '.join(LOSSES)}"),
+    loss: Optional[str] = typer.Option(None, "--loss", "--loss-type", help=f"{' | '.join(LOSSES)}, or TRL's "
+                                       "sigmoid (= dpo) and sigmoid_norm (= ln_dpo)"),
     beta: Optional[float] = typer.Option(None, help="unset: the loss's own default"),
     learning_rate: Optional[float] = None,
     max_steps: Optional[int] = None,
@@ -288,6 +299,7 @@ def train(
                "per_device_train_batch_size": per_device_train_batch_size,
                "gradient_accumulation_steps": gradient_accumulation_steps, "use_peft": use_peft}
     cfg = load_config(TrainConfig, config, options, parse_set_options(set_))
+    keep_freed_memory()  # a training process: each step reuses the last one's memory (an entry point's choice)
     summary = run_training(cfg, pairs, out, split=split, force=force)
     console.print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s on {summary['world_size']} "
                   f"process(es) -> {summary['output']}")
@@ -317,6 +329,7 @@ def judge_train(
         train_cfg = load_config(TrainConfig, None, {}, {**cfg.train.model_dump(exclude_unset=True),
                                                        **parse_set_options(set_)})
         cfg = cfg.model_copy(update={"train": train_cfg})
+    keep_freed_memory()  # it trains in this process
     summary = train_judge(prompts, out, judge_model, iterations, cfg, engine, console)
     for t, row in summary["iterations"].items():
         console.print(f"judge {t}: accuracy {row['accuracy']} (95% interval {row['accuracy_ci95']}), position "
@@ -349,7 +362,7 @@ def run(
     recipe: Path = typer.Argument(..., help="a recipe YAML, e.g. recipes/default.yaml"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/<recipe name>)"),
     force: bool = typer.Option(False, help="continue a run whose recipe has changed since it started"),
-    iterations: Optional[int] = typer.Option(None, help="run only the first N iterations now"),
+    iterations: Optional[int] = typer.Option(None, min=1, help="run only the first N iterations now"),
     until: Optional[str] = typer.Option(None, help="stop after this stage of the last iteration"),
 ) -> None:
     """Run the self-alignment loop: generate -> judge -> filter -> train -> export -> evaluate, N times. Resumable."""
@@ -368,6 +381,26 @@ def run(
     path = write_report(run_dir, _json.loads((run_dir / "manifest.json").read_text()),
                         None if printed else Console(width=150), show=not printed)
     console.print(f"run folder: {run_dir}; report: {path}")
+
+
+@app.command("check-verifier")
+def check_verifier(
+    recipe: Path = typer.Argument(..., help="a recipe YAML whose eval.data has answers"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default: runs/<recipe name>; `selfalign run` on the "
+                                       "same folder then reuses this work)"),
+) -> None:
+    """Before training: does the recipe's judge choose right answers more often than the policy? Samples
+    `verifier_check` held-out prompts as the recipe would, scores and filters them, and compares with the answers."""
+    from selfalign.loop import run as run_loop
+
+    run_dir = run_loop(recipe, out, until="verify")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    verdict = manifest["iterations"]["0"]["stages"].get("verify")
+    if verdict is None:
+        raise ConfigError(f"{recipe}: no verifier check to run (it needs `eval:` with answers, `verifier_check` > 0 "
+                          "and pairs.mode pairs or scpo)")
+    console.print(f"{verdict['verdict']}: {verdict['explanation']}\ndetails: {run_dir / 'iter_00' / 'verifier.json'}",
+                  markup=False)
 
 
 @app.command()

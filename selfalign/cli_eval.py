@@ -8,12 +8,14 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from selfalign.cli_engine import (Backend, DataParallel, Dtype, EngineKwargs, GpuMemory, MaxModelLen, PrefixCaching,
                                   RayAddress, TensorParallel, engine_overrides)
 from selfalign.cli_utils import console, fail as _fail, load_config
 
-eval_app = typer.Typer(no_args_is_help=True, help="Benchmarks: gsm8k, mt-bench, alpaca-eval, held-out accuracy; "
+eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                       help="Benchmarks: gsm8k, mt-bench, alpaca-eval, held-out accuracy; "
                        "compare two runs.")
 
 
@@ -64,7 +66,7 @@ def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: O
     except (FileNotFoundError, ModelNotFoundError, ValueError) as e:
         _fail(str(e))
     if result.get("judge_note"):
-        console.print(f"[bold yellow]{result['judge_note']}[/]")
+        console.print(result["judge_note"], style="bold yellow")
     Console().print_json(data=result["numbers"])
     console.print(f"results: {out / 'results.json'}, {out / 'results.md'}")
 
@@ -171,6 +173,6 @@ def eval_compare(a: Path = typer.Argument(...), b: Path = typer.Argument(...)) -
     for column in ("metric", str(a), str(b)):
         table.add_column(column)
     for row in compare(a, b):
-        table.add_row(*row)
+        table.add_row(*(Text(str(cell)) for cell in row))
     Console(width=150).print(table)
 

@@ -13,24 +13,38 @@ from rich.console import Console
 
 from selfalign.errors import ConfigError
 
-console = Console(stderr=True)
+# Text from users, models and endpoints ([/INST], p[v2].jsonl, "[vllm]") is printed as text, never read as rich markup.
+console = Console(stderr=True, markup=False, highlight=False)
 Config = TypeVar("Config", bound=BaseModel)
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """The command line's logging (an entry point's choice, never a library call's): warnings, or everything with
+    --verbose. vLLM logs through its own handler, at the level of VLLM_LOGGING_LEVEL when it is first imported; a
+    value you set yourself wins."""
+    import os
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+
+
+def print_error(message) -> None:
+    """`error: <message>` on stderr, the message as plain text whatever brackets it holds."""
+    from rich.text import Text
+
+    console.print(Text("error: ", style="bold red") + Text(str(message)), soft_wrap=True)
 
 
 def fail(message: str) -> None:
     """Print a clear error and exit with status 2 (nothing is written by a failed command)."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(2)
 
 
 def read_mapping(path: Path) -> dict:
     """A YAML or JSON file holding a mapping of fields; errors name the file."""
-    import yaml
+    from selfalign import yaml_io
 
     path = Path(path)
     if not path.exists():
@@ -38,11 +52,10 @@ def read_mapping(path: Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a configuration file")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML or JSON ({str(e).splitlines()[0]})") from None
+    values = yaml_io.loads(text, path)
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -52,7 +65,7 @@ def read_mapping(path: Path) -> dict:
 
 def parse_set_options(items: list[str]) -> dict:
     """`--set key=value` strings; values are parsed as YAML so numbers, booleans and lists work."""
-    import yaml
+    from selfalign import yaml_io
 
     values = {}
     for item in items:
@@ -60,10 +73,10 @@ def parse_set_options(items: list[str]) -> dict:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, text = item.split("=", 1)
         try:
-            values[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError as e:
+            values[key.strip()] = yaml_io.loads(text)
+        except yaml_io.YamlError as e:
             raise ConfigError(f"--set {key.strip()}: value {text!r} is not valid YAML "
-                              f"({str(e).splitlines()[0]})") from None
+                              f"({str(e).split(': ', 1)[-1]})") from None
     return values
 
 

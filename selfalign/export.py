@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import atomic_dir, prepare_output
+from selfalign.io import atomic_dir, check_replaceable, prepare_output
 
 log = logging.getLogger(__name__)
 VERIFY_PROMPTS = ["What is 7 + 5?", "Write one sentence about the sea.", "List three colors."]
@@ -23,6 +23,7 @@ VERIFY_PROMPTS = ["What is 7 + 5?", "Write one sentence about the sea.", "List t
 # a bf16 weight moves some of 49k logits by ~1 while leaving the distribution's shape alone.
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.05}
 MIN_TOP1_AGREEMENT = 0.9
+EXPORT_MARKER = "selfalign_lineage.json"  # every export holds it; only a folder holding it is ever replaced
 
 
 class ExportError(SelfAlignError, RuntimeError):
@@ -156,6 +157,7 @@ def export(source: str | Path, out: str | Path, dtype: str = "fp32", iteration: 
     from selfalign.models import pick_dtype
 
     out = prepare_output(out, kind="folder")  # a bad target fails before minutes of merging
+    check_replaceable(out, EXPORT_MARKER, [source])  # never '.', an input, or a folder of someone else's files
     if out.exists() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} is not empty; pass --force to replace it")
     weights = find_weights(Path(source), iteration)
@@ -167,7 +169,7 @@ def export(source: str | Path, out: str | Path, dtype: str = "fp32", iteration: 
     torch_dtype = pick_dtype("cpu", dtype)
     merged = merged.to(torch_dtype)
     lineage = {**_read_json(weights / "selfalign_lineage.json"), **(card_info or {}), "base_model": base}
-    with atomic_dir(out, force=True) as tmp:
+    with atomic_dir(out, force=True, marker=EXPORT_MARKER, inputs=[source]) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
         if getattr(merged, "generation_config", None) is not None:
@@ -179,9 +181,7 @@ def export(source: str | Path, out: str | Path, dtype: str = "fp32", iteration: 
         verification = f"reloaded with plain AutoModelForCausalLM on {len(VERIFY_PROMPTS)} prompts: {verification}"
         lineage["verification"] = verification
         (tmp / "README.md").write_text(model_card(lineage))
-        (tmp / "selfalign_lineage.json").write_text(json.dumps(lineage, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
+        (tmp / EXPORT_MARKER).write_text(json.dumps(lineage, indent=2, default=str))
     if push_to_hub:
         from huggingface_hub import HfApi
 

@@ -38,9 +38,14 @@ def _umask() -> int:
     return mask
 
 
-def prepare_output(path: str | Path, kind: str = "file") -> Path:
-    """Check that `path` can be written as a `kind` ('file' or 'folder') and make its parent folders."""
+def prepare_output(path: str | Path, kind: str = "file", inputs: Iterable[str | Path] = ()) -> Path:
+    """Check that `path` can be written as a `kind` ('file' or 'folder') and is none of `inputs` (writing there would
+    replace what is being read), and make its parent folders."""
     path = Path(path)
+    for source in inputs:
+        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+            raise OutputError(f"{path}: is also the input {source}; writing there would replace it. Give another "
+                              "output path")
     if kind == "file" and path.is_dir():
         raise OutputError(f"{path}: is a folder; give a file path for the output")
     if kind == "folder" and path.exists() and not path.is_dir():
@@ -83,16 +88,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def check_replaceable(path: str | Path, marker: str, inputs: Iterable[str | Path] = ()) -> None:
+    """Replacing a folder deletes what it holds, so it is allowed only for a folder this project wrote (it holds
+    `marker`), and never for the current folder, a folder above it, an input, or a folder that holds an input.
+    Raises OutputError naming the path and the rule; a folder that does not exist or is empty passes."""
+    path = Path(path)
+    resolved, here = path.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        raise OutputError(f"{path}: is the current folder or one above it; selfalign never replaces it. Give a new "
+                          "folder for the output")
+    for source in inputs:
+        source_resolved = Path(source).resolve()
+        if source_resolved == resolved or resolved in source_resolved.parents:
+            raise OutputError(f"{path}: {'is' if source_resolved == resolved else 'holds'} the input {source}; "
+                              "writing there would destroy it. Give another folder for the output")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
+        raise OutputError(f"{path}: holds files selfalign did not write (no {marker}); it is not replaced, even "
+                          "with --force. Give a new or empty folder for the output")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`, renamed to `path` when the block finishes."""
+def atomic_dir(path: str | Path, force: bool = False, marker: str | None = None,
+               inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`, renamed to `path` when the block finishes. With `force` an existing
+    `path` is replaced, but only where `check_replaceable(path, marker, inputs)` allows it."""
     path = prepare_output(path, kind="folder")
+    if force and marker is not None:
+        check_replaceable(path, marker, inputs)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
             if not force:
                 raise OutputError(f"{path} appeared while writing; not overwriting it")
+            if marker is not None:
+                check_replaceable(path, marker, inputs)  # again: the folder may have changed while we worked
             shutil.rmtree(path)
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
         os.replace(tmp, path)
@@ -119,6 +149,8 @@ def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
         raise DataFileError(path, None, None, "file not found")
     if path.is_dir():
         raise DataFileError(path, None, None, "is a folder, not a JSONL file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise DataFileError(path, None, None, "is not a regular file (a pipe or device?); save it to a file first")
     with open(path, "rb") as f:
         for line_number, raw in enumerate(f, start=1):
             try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
+from selfalign import children
 from selfalign.errors import SelfAlignError
 from selfalign.losses import LOSSES
 from selfalign.io import prepare_output, read_jsonl, write_json, write_jsonl
@@ -30,6 +31,7 @@ from selfalign.training.config import TrainConfig
 from selfalign.versions import package_versions
 
 STAGES = ("generate", "judge_train", "judge", "filter", "train", "export", "evaluate")  # judge_train: if the recipe asks
+UNTIL = STAGES + ("verify",)  # verify: iteration 0's verifier check (selfalign check-verifier stops there)
 
 
 class Manifest:
@@ -37,7 +39,16 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
+        self.data = {}
+        if path.exists():
+            try:
+                self.data = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise StageError(f"{path}: not a readable manifest ({e}); it records which stages are done. Restore "
+                                 f"it, or start over in a new folder (--out) or after deleting {path.parent}") from None
+            if not isinstance(self.data, dict):
+                raise StageError(f"{path}: not a manifest (a JSON object); restore it, or start over in a new "
+                                 f"folder (--out)")
 
     def save(self) -> None:
         write_json(self.path, self.data)
@@ -61,14 +72,19 @@ def _run(cmd: list[str], log_path: Path, display: RunDisplay | None = None) -> N
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        while True:
-            try:
-                code = process.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if display is not None:
-                    display.update(read_progress(progress_path))
+        process = children.start(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            while True:
+                try:
+                    code = process.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if display is not None:
+                        display.update(read_progress(progress_path))
+        except BaseException:  # Ctrl-C, SIGTERM, an error in the display: the stage ends with the run
+            children.stop(process)
+            raise
+        children.forget(process)
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
         raise StageError(f"stage command failed (exit {code}): {' '.join(cmd)}\nlog {log_path}:\n{tail}")
@@ -132,6 +148,23 @@ def generate_job(recipe: Recipe, it_dir: Path, iteration: int):
     return GenerateJob(config=config, prompts=str(it_dir / "prompts.jsonl"), out=str(it_dir / "samples.jsonl"))
 
 
+def verifier_job(recipe: Recipe, it_dir: Path):
+    """The verifier check's sampling job: the first `verifier_check` held-out prompts, sampled as the recipe samples
+    its training prompts (answers stripped; they are read back only to measure)."""
+    from selfalign.policy_jobs import GenerateJob
+
+    it_dir.mkdir(parents=True, exist_ok=True)
+    prompts = [p for p in read_jsonl(recipe.eval.data, PromptRecord) if p.answer is not None][:recipe.verifier_check]
+    path = it_dir / "verifier_prompts.jsonl"
+    write_jsonl(path, [p.model_copy(update={"answer": None}) for p in prompts])
+    config = recipe.generation.model_copy(update={"seed": recipe.seed, "record_logprobs": False})
+    return GenerateJob(config=config, prompts=str(path), out=str(it_dir / "verifier_samples.jsonl"))
+
+
+def checks_verifier(recipe: Recipe) -> bool:
+    return bool(recipe.verifier_check and recipe.eval is not None and recipe.pairs.mode in ("pairs", "scpo"))
+
+
 def heldout_job(recipe: Recipe, it_dir: Path):
     from selfalign.policy_jobs import HeldoutJob
 
@@ -176,8 +209,8 @@ class PolicyEngine:
             server_log.parent.mkdir(parents=True, exist_ok=True)
             self._count_start()
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            self.server = subprocess.Popen(CLI + ["policy-jobs", "--serve"], stdin=subprocess.PIPE, text=True,
-                                           stdout=open(server_log, "a"), stderr=subprocess.STDOUT, env=env)
+            self.server = children.start(CLI + ["policy-jobs", "--serve"], stdin=subprocess.PIPE, text=True,
+                                         stdout=open(server_log, "a"), stderr=subprocess.STDOUT, env=env)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
             log.write(f"\n{config_path}: run by the run's engine server, whose log is {server_log}\n")
@@ -198,15 +231,21 @@ class PolicyEngine:
         if not result["ok"]:
             raise StageError(f"{config_path}: {result['error']}\nlog {server_log}:\n{_tail(server_log)}")
 
-    def close(self) -> None:
-        """End the server: closing its input ends its loop, which closes the engine."""
+    def close(self, now: bool = False) -> None:
+        """End the server: closing its input ends its loop (after the job in hand), which closes the engine; `now`
+        (the run is stopping on an error or a signal) ends its process group at once."""
         if self.server is None:
+            return
+        if now:
+            children.stop(self.server)
+            self.server = None
             return
         try:
             self.server.stdin.close()
             self.server.wait(timeout=120)
+            children.forget(self.server)
         except (OSError, subprocess.TimeoutExpired):
-            self.server.kill()
+            children.stop(self.server)
         self.server = None
 
 
@@ -302,21 +341,49 @@ def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, ma
 
 
 def stage_evaluate(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, engines: PolicyEngine,
-                   display: RunDisplay | None = None, sample_next: bool = False) -> dict:
-    """Evaluate policy t+1; with `sample_next`, the same engine then samples iteration t+1's data (its generate
-    stage finds the samples done)."""
+                   display: RunDisplay | None = None, sample_next: bool = False, verifier: bool = False) -> dict:
+    """Evaluate policy t+1; with `verifier` (iteration 0), the same engine also samples the verifier check's
+    held-out prompts, and with `sample_next` iteration t+1's data (those stages then find their samples done)."""
     it_dir.mkdir(parents=True, exist_ok=True)
     jobs, seed = [heldout_job(recipe, it_dir)], recipe.seed
+    if verifier:
+        jobs.append(verifier_job(recipe, it_dir))
     if sample_next:
         jobs.append(generate_job(recipe, run_dir / f"iter_{iteration + 1:02d}", iteration + 1))
-        seed = jobs[1].config.seed
+        seed = jobs[-1].config.seed
     markers = engines.run(policy_of(run_dir, recipe, iteration + 1), jobs, seed, recipe.generation, it_dir,
                           "evaluate", display)
     result = json.loads((it_dir / "eval.json").read_text())
     info = {k: v for k, v in result.items() if not isinstance(v, list)}
     if sample_next:
-        info["next_samples_seconds"] = markers[1]["seconds"]
+        info["next_samples_seconds"] = markers[-1]["seconds"]
     return info
+
+
+def stage_verify(recipe: Recipe, run_dir: Path, it_dir: Path, engines: PolicyEngine,
+                 display: RunDisplay | None = None) -> dict:
+    """The verifier check: the recipe's judge and filters on held-out prompts, compared with their answers and with
+    the base policy's greedy answers (selfalign.verifier_check). Says at once when the verifier is not stronger."""
+    from selfalign.records import ScoredSample, prompt_id_of
+    from selfalign.verifier_check import diagnose
+
+    job = verifier_job(recipe, it_dir)
+    engines.run(recipe.model, [job], recipe.seed, recipe.generation, it_dir, "verify-sample", display)
+    # The judge that iteration 1 will use (with judge training, the starting judge: the one not trained yet).
+    config = recipe.judge.model_copy(update={"judge_model": judge_of(run_dir, recipe, 0 if recipe.judge_training
+                                                                     else 1)})
+    scored_path = it_dir / "verifier_scored.jsonl"
+    run_stage(["judge"], config, it_dir, display=display, samples=job.out, out=scored_path)
+    held_out = [p for p in read_jsonl(recipe.eval.data, PromptRecord) if p.answer is not None]
+    answers = {prompt_id_of(p, i): p.answer for i, p in enumerate(held_out[:recipe.verifier_check])}
+    evaluation = json.loads((it_dir / "eval.json").read_text())
+    greedy = {prompt_id_of(p, i): bool(c) for i, (p, c) in enumerate(zip(held_out, evaluation["greedy_correct"]))}
+    result = diagnose(read_jsonl(scored_path, ScoredSample), answers, recipe.pairs, greedy)
+    write_json(it_dir / "verifier.json", result)
+    if display is not None:
+        display.message(("verifier check: " if result["verdict"] == "stronger" else "WARNING: ") +
+                        result["explanation"])
+    return {k: v for k, v in result.items() if k != "filter_report"}
 
 
 def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool = False, iterations: int | None = None,
@@ -324,13 +391,13 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
     recipe_path = Path(recipe_path)
     recipe, recipe_hash = load_recipe(recipe_path)
     check_inputs(recipe, recipe_path)
-    if until is not None and until not in STAGES:
-        raise RecipeError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
+    if until is not None and until not in UNTIL:
+        raise RecipeError(f"--until {until!r}: choose one of {', '.join(UNTIL)}")
     run_dir = prepare_output(Path(run_dir or Path("runs") / recipe.name), kind="folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     last = min(iterations or recipe.iterations, recipe.iterations)
     display = display or RunDisplay(last)
-    with run_folder_lock(run_dir):
+    with run_folder_lock(run_dir), children.owned_children():  # children end before the lock is released
         display.message(f"selfalign run {recipe.name}: {last} iteration(s) in {run_dir} (stage logs in "
                         f"{run_dir}/iter_NN/logs/)")
         return _run_locked(recipe, recipe_path, recipe_hash, run_dir, force, last, until, on_iteration, display)
@@ -350,9 +417,17 @@ def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Pa
     engines = PolicyEngine(run_dir, manifest, keep=keep_engine(recipe))
     try:
         if recipe.eval is not None:  # iteration 0: the base policy's numbers, to measure gains against
+            base_dir, verify = run_dir / "iter_00", checks_verifier(recipe)
+            # With a verifier check, its verdict comes before iteration 1's sampling is spent: the base request
+            # carries the evaluation and the check's samples only (a kept engine then serves iteration 1 as well).
             _do(manifest, display, 0, "evaluate",
-                lambda: stage_evaluate(recipe, run_dir, run_dir / "iter_00", 0, engines, display,
-                                       sample_next=_sample_next(manifest, 0, last)))
+                lambda: stage_evaluate(recipe, run_dir, base_dir, 0, engines, display, verifier=verify,
+                                       sample_next=not verify and until != "verify"
+                                       and _sample_next(manifest, 0, last)))
+            if verify:
+                _do(manifest, display, 0, "verify", lambda: stage_verify(recipe, run_dir, base_dir, engines, display))
+        if until == "verify":
+            return run_dir
         for iteration in range(1, last + 1):
             it_dir = run_dir / f"iter_{iteration:02d}"
             steps = {
@@ -377,6 +452,9 @@ def _run_locked(recipe: Recipe, recipe_path: Path, recipe_hash: str, run_dir: Pa
         manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         manifest.save()
         return run_dir
+    except BaseException:
+        engines.close(now=True)
+        raise
     finally:
         engines.close()
 

@@ -269,6 +269,10 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 
+# TRL's names for the same losses (DPOConfig.loss_type), accepted wherever a loss is named.
+LOSS_ALIASES = {"sigmoid": "dpo", "sigmoid_norm": "ln_dpo"}
+
+
 def loss_inputs(records: RecordKindName, columns: tuple[str, ...] | None, policy_logps: Tensor,
                 ref_logps: Tensor | None, lengths: Tensor, weights: Tensor, scores: Tensor, mask: Tensor,
                 **per_record: Tensor) -> dict:

@@ -6,9 +6,9 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from selfalign import yaml_io
 from selfalign.errors import SelfAlignError
 from selfalign.evaluation.heldout import HeldoutConfig
 from selfalign.generation import GenerationConfig
@@ -26,7 +26,8 @@ class Recipe(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="the run folder's name under runs/: letters, "
+                      "digits, '.', '_' and '-' (no path)")
     model: str = "default"
     iterations: int = Field(2, ge=1)
     seed: int = 0
@@ -48,10 +49,20 @@ class Recipe(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig, description="TrainConfig fields (TRL's names); the "
                                "policy is the recipe's `model`, then each iteration's export")
     eval: HeldoutConfig | None = None
+    verifier_check: int = Field(64, ge=0, description="before training, score this many held-out prompts of "
+                                "eval.data as the recipe would (answers used only to measure) and report whether the "
+                                "judge and filters choose right answers more often than the policy does; 0: off")
     export_dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
     keep_engine: bool | None = Field(None, description="one generation engine for the whole run, loading each "
                                      "policy's weights in place; unset: yes on CPU, no on a GPU (the trainer needs "
                                      "the memory an idle engine holds)")
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_path(cls, name: str) -> str:
+        if name in (".", ".."):
+            raise ValueError("a run folder's name, not a path")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -99,11 +110,16 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"{path}: recipe not found")
-    text = path.read_text()
+    if not path.is_file():
+        raise RecipeError(f"{path}: is not a recipe file (a folder?)")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({e})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.start + 1})") from None
+    try:
+        raw = yaml_io.loads(text, path)
+    except yaml_io.YamlError as e:
+        raise RecipeError(str(e)) from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: expected a mapping of recipe fields")
     try:
@@ -166,7 +182,7 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
             raise RecipeError(f"{recipe_path}: field 'eval.data': {value} has no prompt with an 'answer'")
     for label, name in (("model", recipe.model),
                         ("judge.judge_model", None if recipe.judge.judge_model == "policy" or recipe.judge.judge_base_url
-                         or recipe.judge.scorer == "self-consistency" else recipe.judge.judge_model)):
+                         or recipe.judge.scorer in ("self-consistency", "execution") else recipe.judge.judge_model)):
         if name:
             try:
                 if resolve_model(name) == name and not Path(name).exists():

@@ -56,6 +56,7 @@ class ScoredSample(Sample):
     votes: int | None = None
     num_samples: int | None = None
     scorer: str = ""
+    verdict: str | None = Field(None, description="execution scorer: why the sample passed its check or not")
 
 
 def derived_prompt_id(messages: list[Message] | list[dict]) -> str:

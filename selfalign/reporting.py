@@ -77,6 +77,15 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
         md += ["", f"Greedy accuracy gain of iteration {gain['iteration']} over the base: {gain['gain'] * 100:+.1f} "
                f"points (paired bootstrap 95% interval {gain['ci95_low'] * 100:+.1f} to {gain['ci95_high'] * 100:+.1f}, "
                f"n = {gain['n']})."]
+    verifier = _verifier(manifest)
+    if verifier:
+        md += ["", "## Verifier check (before training)", "", verifier["explanation"] + ".", "",
+               f"On {verifier['prompts']} held-out prompts sampled and filtered as the recipe does: coverage "
+               f"{verifier['coverage']:.0%}, chosen answer right {_percent(verifier.get('precision'))} "
+               f"(95% interval {_interval(verifier.get('precision_ci95'))}), pick accuracy "
+               f"{verifier['pick_accuracy']:.1%}, rejected answer right {_percent(verifier.get('rejected_right'))}; "
+               f"the policy's greedy accuracy on the kept prompts {_percent(verifier.get('greedy_accuracy_kept'))}, "
+               f"sampled {_percent(verifier.get('sampled_accuracy_kept'))}. Details: `iter_00/verifier.json`."]
     md += ["", "## Why prompts and pairs were dropped", ""]
     for row in rows:
         if row["drops"]:
@@ -90,10 +99,48 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
         return path
     console = console or Console(width=150)
     console.print(table)
+    if verifier:
+        console.print(("verifier check: " if verifier["verdict"] == "stronger" else "WARNING: ") +
+                      verifier["explanation"], markup=False)
     if gain:
         console.print(f"greedy gain vs base: {gain['gain'] * 100:+.1f} points "
-                                     f"[{gain['ci95_low'] * 100:+.1f}, {gain['ci95_high'] * 100:+.1f}]")
+                      f"[{gain['ci95_low'] * 100:+.1f}, {gain['ci95_high'] * 100:+.1f}]")
     return path
+
+
+def _verifier(manifest: dict) -> dict | None:
+    return manifest.get("iterations", {}).get("0", {}).get("stages", {}).get("verify")
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _interval(bounds) -> str:
+    return "-" if not bounds else f"{bounds[0]:.0%} to {bounds[1]:.0%}"
+
+
+def accuracy_intervals(evaluation: dict) -> dict[str, tuple[float, float, float]]:
+    """(value, low, high) 95% intervals of an eval.json's accuracies: Wilson for greedy and majority (proportions of
+    prompts), a normal interval over prompts for sampled accuracy (a mean of per-prompt shares)."""
+    from selfalign.verifier_check import wilson_interval
+
+    intervals = {}
+    for key, per_item in (("greedy_accuracy", "greedy_correct"), ("majority", "majority_correct")):
+        items = evaluation.get(per_item)
+        if items:
+            intervals[key] = (sum(items) / len(items), *wilson_interval(sum(items), len(items)))
+    shares = evaluation.get("sampled_correct")
+    if shares and len(shares) > 1:
+        mean = sum(shares) / len(shares)
+        sd = (sum((x - mean) ** 2 for x in shares) / (len(shares) - 1)) ** 0.5
+        half = 1.96 * sd / len(shares) ** 0.5
+        intervals["sampled_accuracy"] = (mean, max(0.0, mean - half), min(1.0, mean + half))
+    return intervals
+
+
+def _read_eval(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _plot(run_dir: Path, rows: list[dict]) -> Path | None:
@@ -106,26 +153,49 @@ def _plot(run_dir: Path, rows: list[dict]) -> Path | None:
         return None
     xs = [r["iteration"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("greedy_accuracy", "greedy"), ("sampled_accuracy", "sampled"), ("majority", "majority@k"),
-                       ("generation_verification_gap", "gen-ver gap")):
-        points = [(x, r.get(key)) for x, r in zip(xs, rows) if r.get(key) is not None]
-        if points:
-            left.plot(*zip(*points), marker="o", label=label)
+    evaluations = {r["iteration"]: _read_eval(run_dir / f"iter_{r['iteration']:02d}" / "eval.json") for r in rows}
+    for offset, (key, label) in zip((-0.06, 0.0, 0.06), (("greedy_accuracy", "greedy"),
+                                                          ("sampled_accuracy", "sampled"), ("majority", "majority@k"))):
+        points = [(x, accuracy_intervals(evaluations[x]).get(key)) for x in xs]
+        points = [(x + offset, v) for x, v in points if v is not None]
+        if points:  # 95% intervals as error bars; the small offsets keep overlapping bars apart
+            px = [x for x, _ in points]
+            values = [v[0] for _, v in points]
+            errors = [[v[0] - v[1] for _, v in points], [v[2] - v[0] for _, v in points]]
+            left.errorbar(px, values, yerr=errors, marker="o", capsize=4, label=f"{label} (95% CI)")
+    verifier = _verifier(json.loads((run_dir / "manifest.json").read_text())) if (run_dir / "manifest.json").exists() \
+        else None
+    if verifier and verifier.get("precision") is not None:
+        low, high = verifier["precision_ci95"]
+        precision = verifier["precision"]
+        left.errorbar([0.12], [precision], yerr=[[precision - low], [high - precision]], marker="*", markersize=10,
+                      capsize=4, linestyle="none", color="black", label="verifier: chosen answers right")
+    left.set_ylim(bottom=0)
     left.set_xticks(xs)
     left.set_xlabel("iteration")
     left.set_title("held-out accuracy")
     left.legend()
-    for key, label in (("records", "pairs kept"), ("loss", "final loss"), ("rewards/margins", "reward margin"),
-                       ("mean_vote_margin", "vote margin")):
-        points = [(x, r.get(key)) for x, r in zip(xs, rows) if r.get(key) is not None]
-        if points:
-            values = [v for _, v in points]
-            scale = max(abs(v) for v in values) or 1
-            right.plot([x for x, _ in points], [v / scale for v in values], marker="o", label=f"{label} (/{scale:.3g})")
-    right.set_xticks(xs)
-    right.set_xlabel("iteration")
-    right.set_title("training signal (scaled)")
-    right.legend(fontsize=8)
+    signals = (("records", "pairs kept"), ("loss", "final loss"), ("rewards/margins", "reward margin"),
+               ("mean_vote_margin", "vote margin"))
+    trained = [r for r in rows if any(r.get(key) is not None for key, _ in signals)]
+    if len(trained) < 2:  # one trained iteration: its numbers, not four lines of one point each scaled to 1
+        right.axis("off")
+        lines = [f"iteration {r['iteration']}: " + ", ".join(f"{label} {_fmt(r.get(key))}" for key, label in signals
+                                                            if r.get(key) is not None) for r in trained]
+        right.text(0.0, 0.9, "training signal\n\n" + ("\n".join(lines) or "no training yet"), va="top", fontsize=10,
+                   wrap=True, transform=right.transAxes)
+    else:
+        for key, label in signals:
+            points = [(x, r.get(key)) for x, r in zip(xs, rows) if r.get(key) is not None]
+            if points:
+                values = [v for _, v in points]
+                scale = max(abs(v) for v in values) or 1
+                right.plot([x for x, _ in points], [v / scale for v in values], marker="o",
+                           label=f"{label} (/{scale:.3g})")
+        right.set_xticks(xs)
+        right.set_xlabel("iteration")
+        right.set_title("training signal (scaled)")
+        right.legend(fontsize=8)
     fig.tight_layout()
     path = run_dir / "metrics.png"
     fig.savefig(path, dpi=100)

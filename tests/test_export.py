@@ -84,9 +84,31 @@ def test_refuses_non_empty_target(lora_run, tmp_path):
         export(lora_run, out)
     result = CliRunner().invoke(app, ["export", str(lora_run), "--out", str(out)])
     assert result.exit_code == 2 and "--force" in result.output
+    # --force replaces only a folder selfalign wrote: someone else's files stay, whatever the flag
+    result = CliRunner().invoke(app, ["export", str(lora_run), "--out", str(out), "--force"])
+    assert result.exit_code == 2 and "did not write" in result.output
     assert (out / "keep.txt").read_text() == "mine"
-    export(lora_run, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    previous = tmp_path / "previous"
+    export(lora_run, previous)
+    (previous / "stale.txt").write_text("from the last export")
+    export(lora_run, previous, force=True)  # a previous export is ours to replace
+    assert not (previous / "stale.txt").exists() and (previous / "config.json").exists()
+
+
+@pytest.mark.parametrize("where", ["current folder", "a parent", "the source", "a folder holding the source"])
+def test_force_never_replaces_the_current_folder_or_an_input(lora_run, tmp_path, monkeypatch, where):
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "notes.txt").write_text("user file")
+    monkeypatch.chdir(project / "sub" if where == "a parent" else project)
+    out = {"current folder": ".", "a parent": "..", "the source": str(lora_run),
+           "a folder holding the source": str(lora_run.parent)}[where]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(app, ["export", str(lora_run), "--out", out, "--force"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and ("current folder" in result.output or "input" in result.output)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing deleted, nothing left
+    assert (project / "notes.txt").read_text() == "user file"
 
 
 def test_kill_during_export_leaves_no_target(lora_run, tmp_path):

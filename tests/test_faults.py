@@ -235,10 +235,10 @@ def test_truncated_adapter_and_pickle_only_model(tmp_path, tiny_model_path):
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-class _FaultyEndpoint:
-    """A real HTTP server on localhost that fails the way endpoints do."""
+class _LocalEndpoint:
+    """A real HTTP server on localhost; `respond()` gives each POST's (status, body bytes, seconds to wait first)."""
 
-    def __init__(self, mode: str):
+    def __init__(self, respond):
         self.requests = 0
         outer = self
 
@@ -246,11 +246,8 @@ class _FaultyEndpoint:
             def do_POST(self):  # noqa: N802
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.requests += 1
-                status, data = {"500": (500, b'{"error": {"message": "overloaded"}}'),
-                                "badjson": (200, b"<html>not json</html>"),
-                                "hang": (200, b"{}")}[mode]
-                if mode == "hang":
-                    time.sleep(15)  # far past the judge's budget; bounded so the test's server thread ends
+                status, data, delay = respond()
+                time.sleep(delay)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -271,6 +268,15 @@ class _FaultyEndpoint:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+class _FaultyEndpoint(_LocalEndpoint):
+    """Fails the way endpoints do; a hang lasts far past the judge's budget, bounded so the server thread ends."""
+
+    def __init__(self, mode: str):
+        status, data = {"500": (500, b'{"error": {"message": "overloaded"}}'), "badjson": (200, b"<html>not json</html>"),
+                        "hang": (200, b"{}")}[mode]
+        super().__init__(lambda: (status, data, 15 if mode == "hang" else 0))
 
 
 def _closed_port_url() -> str:
@@ -442,3 +448,176 @@ def test_judge_partial_from_other_settings_is_refused(tmp_path):
         json.dumps({"fingerprint": records_sha256(read_jsonl(samples, Sample), other)}) + "\n")
     _one_line_error(_invoke("judge", "--samples", samples, "--out", out), "holds scores of other samples or judge "
                     "settings")
+
+
+class _RatingEndpoint(_LocalEndpoint):
+    """Rates every answer with the same pointwise verdict."""
+
+    def __init__(self, rating: int):
+        body = json.dumps({"id": "r", "object": "chat.completion", "created": 0, "model": "m",
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": f"Rating: [[{rating}]]"}}]}).encode()
+        super().__init__(lambda: (200, body, 0))
+
+
+def test_judge_cache_is_keyed_by_endpoint(tmp_path):
+    """A rerun into the same --out against another endpoint asks that endpoint; it never reuses the first one's
+    verdicts from the request cache (a fixed endpoint after a broken one)."""
+    broken, fixed = _RatingEndpoint(2), _RatingEndpoint(9)
+    samples = _samples(tmp_path / "s.jsonl", ["4", "5"])
+    try:
+        for endpoint in (broken, fixed, fixed):
+            result = _invoke("judge", "--samples", samples, "--scorer", "llm-judge", "--mode", "pointwise",
+                             "--judge-model", "m", "--judge-base-url", endpoint.url, "--out", tmp_path / "o.jsonl")
+            assert result.exit_code == 0, result.output
+            scores = [json.loads(line)["score"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+            assert scores == [2.0, 2.0] if endpoint is broken else scores == [9.0, 9.0]
+        assert broken.requests == 2 and fixed.requests == 2, "the third run is answered from the fixed one's cache"
+    finally:
+        broken.close()
+        fixed.close()
+
+
+@pytest.mark.parametrize("command, option", [("generate", "--prompts"), ("judge", "--samples"),
+                                             ("build-pairs", "--scored")])
+def test_out_equal_to_the_input_is_refused_and_the_input_kept(tmp_path, command, option):
+    path = tmp_path / "data.jsonl"
+    if command == "generate":
+        path.write_text(json.dumps({"id": "a", "prompt": "What is 2 + 2?"}) + "\n")
+    elif command == "judge":
+        _samples(path, ["The answer is 4.", "The answer is 5."])
+    else:
+        from selfalign.judging.self_consistency import score_self_consistency
+        from selfalign.records import Sample
+
+        rows = [Sample(prompt_id="q", sample_index=i, messages=[{"role": "user", "content": "2 + 2?"}], text=t,
+                       num_tokens=3, finish_reason="stop") for i, t in enumerate(["The answer is 4."] * 2 + ["5"])]
+        write_jsonl(path, score_self_consistency(rows))
+    before = path.read_bytes()
+    extra = ["--engine", "hf"] if command == "generate" else []
+    same = tmp_path / "." / "data.jsonl"  # the same file under another spelling
+    result = _invoke(command, option, path, "--out", same, *extra)
+    _one_line_error(result, "is also the input", "replace it")
+    assert path.read_bytes() == before
+
+
+def test_a_corrupt_manifest_names_the_file_and_the_way_out(tmp_path):
+    from test_loop import _recipe
+
+    recipe, run_dir = _recipe(tmp_path), tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text('{"recipe_sha256": "ab')  # torn by a full disk, say
+    result = _invoke("run", recipe, "--out", run_dir)
+    _one_line_error(result, "manifest.json: not a readable manifest", "--out")
+    assert (run_dir / "manifest.json").read_text() == '{"recipe_sha256": "ab'
+    assert not (run_dir / ".lock").exists()
+
+
+def test_a_fifo_as_prompts_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    result = _invoke("generate", "--prompts", fifo, "--out", tmp_path / "o.jsonl", "--engine", "hf")
+    _one_line_error(result, "is not a regular file")
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "..", "a/b"])
+def test_a_recipe_name_cannot_put_the_run_outside_runs(tmp_path, monkeypatch, name):
+    from test_loop import _recipe
+
+    recipe = _recipe(tmp_path, name=name)
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("run", recipe)
+    _one_line_error(result, "field 'name'")
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_a_negative_iteration_count_is_refused(tmp_path):
+    from test_loop import _recipe
+
+    result = _invoke("run", _recipe(tmp_path), "--out", tmp_path / "run", "--iterations", "-1")
+    assert result.exit_code == 2 and "-1" in result.output and not (tmp_path / "run").exists()
+
+
+def test_a_401_that_echoes_the_key_never_prints_it(tmp_path, monkeypatch):
+    secret = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {secret}. Header was Bearer {secret}"}})
+    endpoint = _LocalEndpoint(lambda: (401, echo.encode(), 0))
+    try:
+        result = _invoke("judge", "--samples", _samples(tmp_path / "s.jsonl", ["4"]), "--scorer", "llm-judge",
+                         "--mode", "pointwise", "--judge-model", "m", "--judge-base-url", endpoint.url,
+                         "--out", tmp_path / "o.jsonl")
+        _one_line_error(result, "refused the request: HTTP 401")
+        assert secret not in result.output and "0123456789" not in result.output
+        assert "***" in result.output
+    finally:
+        endpoint.close()
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"choices": [{"index": 0, "finish_reason": "stop"}]}, "has no 'message'"),
+    ({"choices": "oops"}, "no list of 'choices'"),
+])
+def test_answers_of_the_wrong_shape_are_errors_not_tracebacks(tmp_path, body, fragment):
+    endpoint = _LocalEndpoint(lambda: (200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
+                                                         "model": "m", **body}).encode(), 0))
+    try:
+        result = _invoke("judge", "--samples", _samples(tmp_path / "s.jsonl", ["4"]), "--scorer", "llm-judge",
+                         "--mode", "pointwise", "--judge-model", "m", "--judge-base-url", endpoint.url,
+                         "--judge-timeout", "2", "--out", tmp_path / "o.jsonl")
+        _one_line_error(result, "gave no answer within --judge-timeout 2s")
+        assert fragment in result.output.replace("\n", " ")
+    finally:
+        endpoint.close()
+
+
+def test_impossible_log_probs_fall_back_to_the_verdict_text(tmp_path):
+    answer = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+              "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "A"},
+                           "logprobs": {"content": [{"token": "A", "logprob": 1000.0, "bytes": None,
+                                                     "top_logprobs": [{"token": "A", "logprob": 1000.0, "bytes": None},
+                                                                      {"token": "B", "logprob": 3.0, "bytes": None}]}]}}]}
+    endpoint = _LocalEndpoint(lambda: (200, json.dumps(answer).encode(), 0))
+    try:
+        result = _invoke("judge", "--samples", _samples(tmp_path / "s.jsonl", ["4", "5"]), "--scorer", "llm-judge",
+                         "--mode", "pairwise", "--judge-model", "m", "--judge-base-url", endpoint.url,
+                         "--out", tmp_path / "o.jsonl")
+        assert result.exit_code == 0, result.output
+    finally:
+        endpoint.close()
+
+
+def test_serve_on_a_busy_port_is_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = _invoke("serve", "--engine", "hf", "--port", str(port))
+        _one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "--port")
+        assert time.monotonic() - started < 20, "refused before the model loads"
+
+
+def test_serve_holds_fifty_simultaneous_connections(server):
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(50)
+
+    def ask(i):
+        barrier.wait()  # all 50 connect at once, as a judge with --concurrency 50 does
+        if i % 2:
+            with urllib.request.urlopen(server + "/models", timeout=60) as r:
+                return r.status
+        body = json.dumps({"model": "default", "max_tokens": 1,
+                           "messages": [{"role": "user", "content": f"Say {i}"}]}).encode()
+        request = urllib.request.Request(server + "/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as r:
+            return r.status
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        statuses = list(pool.map(ask, range(50)))
+    assert statuses == [200] * 50

@@ -244,3 +244,28 @@ def test_stage_helper_runs_a_stage_from_the_config_it_writes(tmp_path):
     scored = read_jsonl(it_dir / "scored.jsonl", ScoredSample)
     assert [s.votes for s in scored] == [2, 2, 1, 0] and report["samples"] == 4
     assert "--config" in (it_dir / "logs" / "judge.log").read_text()
+
+
+@pytest.mark.slow
+def test_check_verifier_measures_the_judge_before_any_training(tmp_path):
+    """`selfalign check-verifier`: iteration 0 only (base evaluation and the verifier check), its verdict printed,
+    nothing trained; `selfalign run` on the same folder then reuses that work."""
+    recipe = _recipe(tmp_path, judge={"scorer": "execution"}, verifier_check=4, iterations=1)
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "selfalign.cli", "check-verifier", str(recipe), "--out",
+                             str(run_dir)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    verdict = json.loads((run_dir / "iter_00" / "verifier.json").read_text())
+    assert verdict["prompts"] == 4 and verdict["verdict"] in ("stronger", "not stronger", "unclear", "no signal")
+    assert verdict["explanation"] in result.stdout.replace("\n", " ") or verdict["verdict"] in result.stdout
+    scored = [json.loads(line) for line in (run_dir / "iter_00" / "verifier_scored.jsonl").read_text().splitlines()]
+    assert len(scored) == 4 * TINY["generation"]["n"] and all(s["verdict"] for s in scored)
+    assert all("answer" not in json.loads(line) or json.loads(line)["answer"] is None
+               for line in (run_dir / "iter_00" / "verifier_prompts.jsonl").read_text().splitlines())
+    assert not (run_dir / "iter_01").exists(), "the check trains nothing and samples no training data"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["iterations"]["0"]["stages"]) == {"evaluate", "verify"}
+    run = subprocess.run([sys.executable, "-m", "selfalign.cli", "run", str(recipe), "--out", str(run_dir),
+                          "--until", "generate"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "base · evaluate · done earlier, skipped" in run.stdout and "base · verify · done earlier, skipped" in run.stdout

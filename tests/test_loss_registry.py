@@ -123,3 +123,21 @@ def test_per_loss_defaults_apply_only_when_unset():
 def test_unknown_loss_lists_the_registered_ones():
     with pytest.raises(ValueError, match="unknown loss_type 'dpoo': choose one of dpo, cdpo"):
         TrainConfig(loss_type="dpoo")
+
+
+def test_trl_loss_names_are_accepted_as_aliases(tmp_path):
+    from typer.testing import CliRunner
+
+    from selfalign.cli import app
+    from selfalign.losses import LOSS_ALIASES
+    from selfalign.training.config import TrainConfig
+
+    assert TrainConfig(loss_type="sigmoid").loss_type == "dpo"
+    norm = TrainConfig(loss_type="sigmoid_norm")
+    assert norm.loss_type == "ln_dpo" and norm.beta == 2.0  # the loss's own defaults follow the alias
+    assert set(LOSS_ALIASES) == {"sigmoid", "sigmoid_norm"}
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("")
+    result = CliRunner().invoke(app, ["train", "--pairs", str(pairs), "--out", str(tmp_path / "o"),
+                                      "--loss-type", "nonsense"])
+    assert result.exit_code == 2 and "sigmoid = dpo" in " ".join(result.output.split())

@@ -478,3 +478,53 @@ def test_kto_kl_column_runs_without_autograd_and_equals_the_joint_forward(tiny_m
     assert all(g is None or not g.any() for g in from_kl), "the KL column carries no graph"
     from_completions = torch.autograd.grad(split[:, 0].sum(), params, allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in from_completions)
+
+
+def test_fewer_records_than_one_batch_train_in_a_smaller_batch(tmp_path, tiny_model_path, caplog):
+    """As TRL does with a partial batch: 3 records under a batch size of 4 train (3 per step), with a warning."""
+    path = tmp_path / "three.jsonl"
+    write_jsonl(path, _pairs(3))
+    cfg = TrainConfig(model=tiny_model_path, loss_type="dpo", learning_rate=1e-3, max_steps=2,
+                      per_device_train_batch_size=4, report_to=[])
+    with caplog.at_level("WARNING"):
+        summary = train(cfg, path, tmp_path / "out")
+    assert summary["steps"] == 2
+    assert "fewer than one batch" in caplog.text and "batches of 3 x 1" in caplog.text
+    steps = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2] and all(math.isfinite(s["loss"]) for s in steps)
+
+
+@pytest.mark.parametrize("change, first_bad_step", [({"beta": float("inf")}, 1), ({"learning_rate": 1e9}, None)])
+def test_training_stops_at_the_first_non_finite_loss(tmp_path, pairs_file, tiny_model_path, change, first_bad_step):
+    """NaN or exploding training ends with the step named, checkpoints before it kept, and no final weights."""
+    settings = {"learning_rate": 1e-3, **change}
+    cfg = TrainConfig(model=tiny_model_path, loss_type="dpo", max_steps=6, save_steps=1, per_device_train_batch_size=2,
+                      use_peft=False, report_to=[], **settings)
+    with pytest.raises(TrainingError, match=r"step (\d+): the (loss|gradient norm) is .* \(not finite\)") as stopped:
+        train(cfg, pairs_file, tmp_path / "out")
+    step = int(str(stopped.value).split("step ")[1].split(":")[0])
+    if first_bad_step is not None:
+        assert step == first_bad_step and "no checkpoint was written" in str(stopped.value)
+    else:
+        assert step > 1 and f"step-{step - 1}" in str(stopped.value)
+        from safetensors.torch import load_file
+
+        kept = load_file(next((tmp_path / "out" / "checkpoints" / f"step-{step - 1}").rglob("*.safetensors")))
+        assert all(torch.isfinite(t).all() for t in kept.values()), "the checkpoint named is finite"
+    assert not (tmp_path / "out" / "final").exists()
+
+
+def test_pairs_whose_chosen_equals_rejected_are_dropped_and_counted(tmp_path, tiny_model_path, caplog):
+    pairs = _pairs(4)
+    pairs[1] = pairs[1].model_copy(update={"rejected": pairs[1].chosen})
+    path = tmp_path / "pairs.jsonl"
+    write_jsonl(path, pairs)
+    cfg = TrainConfig(model=tiny_model_path, loss_type="dpo", max_steps=1, per_device_train_batch_size=3, report_to=[])
+    with caplog.at_level("WARNING"):
+        summary = train(cfg, path, tmp_path / "out")
+    assert summary["records"] == 3 and summary["dropped_identical_pairs"] == 1
+    assert "1 pairs whose chosen equals their rejected were dropped" in caplog.text
+    only_identical = tmp_path / "same.jsonl"
+    write_jsonl(only_identical, [pairs[1]])
+    with pytest.raises(TrainingError, match="no preference records"):
+        train(cfg, only_identical, tmp_path / "out2")

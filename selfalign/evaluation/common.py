@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import yaml
+from selfalign import yaml_io
 
 from selfalign.io import write_json
 from selfalign.versions import package_versions
@@ -29,7 +29,7 @@ def load_protocol(benchmark: str, config: Path | None = None) -> dict:
     path = Path(config) if config else EVALS_DIR / f"{benchmark}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{path}: evaluation protocol not found")
-    protocol = yaml.safe_load(path.read_text())
+    protocol = yaml_io.load(path)
     if protocol.get("benchmark") != benchmark:
         raise ValueError(f"{path}: field 'benchmark' is {protocol.get('benchmark')!r}, expected {benchmark!r}")
     return protocol

@@ -19,7 +19,7 @@ def set_cpu_defaults(env=os.environ) -> None:
     env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     # The engine core in this process, not a spawned one: on 2 cores the start fell from 27 s to 12 s (the second
-    # process re-imports torch and vLLM) at the same tokens/s (365-376 either way, README "Measured").
+    # process re-imports torch and vLLM) at the same tokens/s (365-376 either way, docs/results.md).
     env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 

@@ -73,6 +73,16 @@ def strict_answer(text: str) -> str | None:
     return None
 
 
+def first_answer_end(text: str) -> int | None:
+    """Where the first explicit answer statement (`#### N`, "The answer is N") ends, its closing period included;
+    None when the text states no answer."""
+    matches = [m for pattern in (_GSM8K, _THE_ANSWER_IS) for m in [pattern.search(text)] if m]
+    if not matches:
+        return None
+    end = min(m.end() for m in matches)
+    return end + 1 if text[end:end + 1] == "." else end
+
+
 def _equivalent(a: str, b: str) -> bool:
     """Symbolic equivalence through math-verify, for answers that are not plain numbers (fractions, expressions)."""
     if a == b:

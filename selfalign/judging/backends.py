@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -97,7 +98,8 @@ class OpenAIJudge:
         self.model, self.name, self.max_tokens, self.concurrency = model, f"openai:{model}", max_tokens, concurrency
         self.base_url, self.timeout, self.on_error = base_url, timeout, on_error
         self.stats = stats if stats is not None else Counter()  # endpoint_failures: requests counted as abstentions
-        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", max_retries=0)
+        self._key = os.environ.get(api_key_env) or ""
+        self.client = OpenAI(base_url=base_url, api_key=self._key or "EMPTY", max_retries=0)
         self.cache_path = Path(cache_path) if cache_path else None
         self._cache: dict[str, dict] = {}
         self._lock = threading.Lock()
@@ -111,7 +113,9 @@ class OpenAIJudge:
                     continue  # a line torn by a kill: that request is simply asked again
 
     def _request(self, body: dict) -> dict:
-        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        # The endpoint is part of the key: the same request to another server (a fixed one after a broken one) is a
+        # new question, never answered from the old server's cache.
+        key = hashlib.sha256(json.dumps({"endpoint": self.base_url, **body}, sort_keys=True).encode()).hexdigest()
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
@@ -137,17 +141,17 @@ class OpenAIJudge:
             tries += 1
             try:
                 response = self.client.chat.completions.create(**body, timeout=max(remaining, 0.1)).model_dump()
-                if not response.get("choices"):
-                    raise ValueError("the answer has no 'choices'")
+                _check_shape(response)
                 return response
             except openai.APIStatusError as e:
                 if e.status_code not in (408, 409, 429) and e.status_code < 500:
                     raise JudgeEndpointError(f"judge endpoint {self.base_url} refused the request: HTTP "
-                                             f"{e.status_code} ({_short(e)})") from None
-                last = f"HTTP {e.status_code} ({_short(e)})"
-            except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as e:
-                # APITimeoutError is an APIConnectionError; ValueError covers an answer that is not JSON
-                last = f"{type(e).__name__}: {_short(e)}"
+                                             f"{e.status_code} ({self._scrub(_short(e))})") from None
+                last = f"HTTP {e.status_code} ({self._scrub(_short(e))})"
+            except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError, TypeError) as e:
+                # APITimeoutError is an APIConnectionError; ValueError covers an answer that is not JSON or of the
+                # wrong shape, TypeError one the client library could not read
+                last = f"{type(e).__name__}: {self._scrub(_short(e))}"
             remaining = deadline - time.monotonic()
             if remaining <= 0.5:  # too little left for another try
                 break
@@ -162,6 +166,13 @@ class OpenAIJudge:
             return None
         raise JudgeEndpointError(message + "; finished prompt groups are kept, a rerun continues from them "
                                  "(or pass --on-judge-error abstain)")
+
+    def _scrub(self, text: str) -> str:
+        """Error text without the API key or any bearer token (servers echo them back in 401 answers)."""
+        if len(self._key) >= 4:
+            text = text.replace(self._key, "***")
+        text = re.sub(r"(?i)(bearer\s+)[^\s'\",]+", r"\1***", text)
+        return re.sub(r"\bsk-[A-Za-z0-9_-]{6,}", "sk-***", text)
 
     def _map(self, bodies: list[dict]) -> list[dict]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -181,9 +192,26 @@ class OpenAIJudge:
             if not content:
                 results.append(None)  # the endpoint gives no log-probs: the caller falls back to verdict text
                 continue
-            top = {t["token"]: t["logprob"] for t in content[0].get("top_logprobs") or []}
+            top = {t.get("token"): t.get("logprob") for t in content[0].get("top_logprobs") or []
+                   if isinstance(t, dict)}
+            if not top or not all(isinstance(v, (int, float)) and math.isfinite(v) and v <= 1e-6 for v in top.values()):
+                results.append(None)  # impossible log-probs (above 0, not numbers): read the verdict text instead
+                continue
             results.append(letter_probabilities(top, letters))
         return results
+
+
+def _check_shape(response: dict) -> None:
+    """An answer's shape before anything reads it: a list of choices, each a mapping with a message mapping."""
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ValueError("the answer has no list of 'choices'")
+    first = choices[0]
+    if not isinstance(first, dict) or not isinstance(first.get("message"), dict):
+        raise ValueError("the answer's first choice has no 'message'")
+    content = first["message"].get("content")
+    if content is not None and not isinstance(content, str):
+        raise ValueError("the answer's message content is not text")
 
 
 def _short(error: Exception) -> str:

@@ -19,7 +19,15 @@ class JudgeConfig(BaseModel):
     """How samples are scored: a recipe's `judge:` step, or `selfalign judge --config`."""
 
     model_config = ConfigDict(extra="forbid")
-    scorer: Literal["self-consistency", "llm-judge", "reward-model", "mbr"] = "self-consistency"
+    scorer: Literal["self-consistency", "execution", "llm-judge", "reward-model", "mbr"] = "self-consistency"
+    check: Literal["equations", "program"] = Field("equations", description="execution: compute each sample's "
+                                                   "written equations, or run it as a program")
+    grounded: bool = Field(True, description="execution, equations: every operand must be a number of the question "
+                           "or an earlier true result")
+    answer_from_claims: bool = Field(True, description="execution, equations: the stated answer must be the result "
+                                     "of one of the sample's true equations")
+    cut_at_answer: bool = Field(True, description="execution, equations: a sample ends at its first stated answer "
+                                "(what follows is cut, so the chosen completion teaches the policy to stop there)")
     mode: Literal["pointwise", "pairwise"] = Field("pairwise", description="llm-judge: 1-10 ratings or round robin")
     judge_model: str = Field("policy", description="'policy' (the model being trained: self-rewarding; outside "
                              "`selfalign run`, the default model), a model name or folder, or an endpoint's model")
@@ -76,6 +84,12 @@ def make_scorer(config: JudgeConfig, cache_path: Path | None = None) -> tuple[Sc
         from selfalign.judging.self_consistency import score_self_consistency
 
         return partial(score_self_consistency, strict=config.strict_answers), stats
+    if config.scorer == "execution":
+        from selfalign.judging.execution import score_execution
+
+        return partial(score_execution, check=config.check, grounded=config.grounded,
+                       answer_from_claims=config.answer_from_claims, cut_at_answer=config.cut_at_answer,
+                       stats=stats), stats
     if config.scorer == "mbr":
         from selfalign.judging.mbr import EmbeddingUtility, judge_utility, metric_utility, score_mbr
 

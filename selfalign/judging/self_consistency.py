@@ -5,7 +5,8 @@ extractable answer casts no vote and gets no score, so it can never be chosen.
 
 With `strict`, a sample votes only if it finished (not cut at max_new_tokens) and states its answer in an explicit form
 (`#### N`, "The answer is N", `\\boxed{}`). A small model that rambles to the token limit leaves a last number that is
-mostly noise; on SmolLM2-135M's arithmetic samples, the strict majority was right twice as often (README, Efficacy).
+mostly noise; on SmolLM2-135M's arithmetic samples, the strict majority was right twice as often (docs/results.md,
+Efficacy).
 """
 
 from __future__ import annotations

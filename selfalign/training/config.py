@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from selfalign.losses import LOSSES
+from selfalign.losses import LOSS_ALIASES, LOSSES
 
 
 class TrainConfig(BaseModel):
@@ -55,7 +55,7 @@ class TrainConfig(BaseModel):
     precompute_ref_log_probs: bool = Field(True, description="one reference pass before training; else a live "
                                            "reference (adapter disabled with LoRA, a frozen copy otherwise)")
 
-    logging_steps: int = 1
+    logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
     save_total_limit: int = 2
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
@@ -65,13 +65,17 @@ class TrainConfig(BaseModel):
     @classmethod
     def _registered(cls, value: str) -> str:
         if value not in LOSSES:
-            raise ValueError(f"unknown loss_type {value!r}: choose one of {', '.join(LOSSES)}")
+            raise ValueError(f"unknown loss_type {value!r}: choose one of {', '.join(LOSSES)} (or TRL's "
+                             f"{', '.join(f'{a} = {b}' for a, b in LOSS_ALIASES.items())})")
         return value
 
     @model_validator(mode="before")
     @classmethod
     def _loss_defaults(cls, values: Any) -> Any:
-        """Fields the user left unset take the chosen loss's own defaults (SimPO's β is 2.0, not DPO's 0.1)."""
+        """TRL's loss names become ours (`sigmoid` is dpo); fields the user left unset take the chosen loss's own
+        defaults (SimPO's β is 2.0, not DPO's 0.1)."""
+        if isinstance(values, dict) and values.get("loss_type") in LOSS_ALIASES:
+            values = {**values, "loss_type": LOSS_ALIASES[values["loss_type"]]}
         if isinstance(values, dict) and values.get("loss_type", "dpo") in LOSSES:
             defaults = LOSSES[values.get("loss_type", "dpo")].defaults
             values = {**{k: v for k, v in defaults.items() if values.get(k) is None}, **{k: v for k, v in

@@ -5,7 +5,7 @@ returns it with munmap when the tensor dies, so every step faults its working se
 `--small` loop took 2.7 million page faults (about 11 GB of fresh pages); on this VM each fault got slower while
 another process held memory (a kept vLLM engine, or any idle process with 6 GB resident): 24 s alone, 34-41 s beside
 it. With mmap off for chunks and no trimming, freed memory is reused: 1.1 million faults, 22-23 s alone, 28 s beside
-it (README, "Measured"). The cost: the heap keeps its high-water mark until the process ends, which a training
+it (docs/results.md). The cost: the heap keeps its high-water mark until the process ends, which a training
 process reaches anyway.
 """
 

@@ -259,12 +259,13 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     from transformers import get_scheduler
 
     from selfalign.models import load_tokenizer
-    from selfalign.training.heap import keep_freed_memory
-
-    keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
     # Data first: bad or empty input fails here, before anything is written.
     out_dir = Path(out_dir)
     records = read_preferences(pairs_path, cfg.loss_type, split)
+    identical = sum(1 for r in records if _no_preference(r))
+    if identical:  # a pair with chosen == rejected has no gradient to give, only a misleading record count
+        log.warning("%s: %d pairs whose chosen equals their rejected were dropped", pairs_path, identical)
+        records = [r for r in records if not _no_preference(r)]
     if not records:
         raise TrainingError(f"{pairs_path}: no preference records to train on")
     if record_kind(cfg.loss_type).mismatched_column and len({r.prompt_id for r in records}) < 2:
@@ -287,9 +288,14 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     examples = tokenize_records(tokenizer, records, cfg.loss_type, cfg.max_length, cfg.max_prompt_length)
     rank, world = accelerator.process_index, accelerator.num_processes
     batches_per_epoch = len(_batches(examples, cfg, 0, rank, world))
-    if batches_per_epoch == 0:
-        raise TrainingError(f"{len(examples)} records are fewer than one global batch "
-                         f"({cfg.per_device_train_batch_size} x {world} processes)")
+    if batches_per_epoch == 0:  # fewer records than one batch: train on them all in a smaller one, as TRL does
+        if len(examples) < world:
+            raise TrainingError(f"{pairs_path}: {len(examples)} records are fewer than the {world} training processes")
+        fitted = len(examples) // world
+        log.warning("%s: %d records are fewer than one batch (%d x %d processes); training with batches of %d x %d",
+                    pairs_path, len(examples), cfg.per_device_train_batch_size, world, fitted, world)
+        cfg = cfg.model_copy(update={"per_device_train_batch_size": fitted})
+        batches_per_epoch = len(_batches(examples, cfg, 0, rank, world))
     steps_per_epoch = max(1, batches_per_epoch // cfg.gradient_accumulation_steps)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
 
@@ -358,9 +364,11 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
                 ref = _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group)
                 values = values_for(batch, model, accelerator, cfg, group)
                 loss, metrics = preference_loss(cfg, logps, ref, lengths, batch, values)
+                require_finite(accelerator, loss, "loss", step + 1, out_dir)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                    require_finite(accelerator, torch.as_tensor(norm), "gradient norm", step + 1, out_dir)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -389,7 +397,8 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     accelerator.wait_for_everyone()
     summary = _save_final(accelerator, model, tokenizer, cfg, out_dir)
     summary.update(steps=step, seconds=seconds, world_size=world, records=len(records),
-                   tokens=sum(m["tokens"] for m in history), peak_memory_gb=peak_memory_gb(),
+                   dropped_identical_pairs=identical, tokens=sum(m["tokens"] for m in history),
+                   peak_memory_gb=peak_memory_gb(),
                    final_metrics=history[-1] if history else {}, reference=reference_counts)
     if cfg.record_rank_checksums:
         write_json(out_dir / f"rank-{rank}-checksum.json", {"rank": rank, "world_size": world,
@@ -416,6 +425,24 @@ def _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group):
             with accelerator.unwrap_model(model).disable_adapter():
                 ref, _ = batch_logps(model, batch, accelerator.device, share_prompt(cfg))
     return ref.view(-1, group)
+
+
+def _no_preference(record) -> bool:
+    return hasattr(record, "chosen") and hasattr(record, "rejected") and record.chosen == record.rejected
+
+
+def require_finite(accelerator, value: torch.Tensor, what: str, step: int, out_dir: Path) -> None:
+    """Stop at the first non-finite loss or gradient (on any process: every rank stops alike, none waits in a
+    collective), before it reaches the weights; the last checkpoint stays as it was and no final weights are written."""
+    bad = torch.tensor(0.0 if bool(torch.isfinite(value.detach().float()).all()) else 1.0, device=accelerator.device)
+    if float(accelerator.reduce(bad, reduction="sum")) == 0:
+        return
+    shown = float(value.detach().float().flatten()[0]) if value.numel() else float("nan")
+    kept = sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    where = f"the last finite checkpoint is {kept[-1]}" if kept else "no checkpoint was written before it"
+    raise TrainingError(f"step {step}: the {what} is {shown} (not finite); training stopped before it changed the "
+                        f"weights, {where}, and no final weights were written. Lower the learning rate or check beta, "
+                        "the data and max_grad_norm")
 
 
 def _save_final(accelerator, model, tokenizer, cfg: TrainConfig, out_dir: Path) -> dict:

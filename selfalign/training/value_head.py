@@ -19,7 +19,7 @@ VALUE_HEAD = "selfalign_value_head"
 def add_value_head(model, records) -> torch.nn.Module:
     """A linear value head on the policy's prompt representation (see `prompt_states`), starting at the data's mean
     reward: V(x) = w·h(x) + b. The paper's DRO-V trains a separate value network; a head on the policy's own features
-    needs no second model in memory (the choice is ours, see README)."""
+    needs no second model in memory (the choice is ours, see docs/training.md)."""
     head = torch.nn.Linear(model.config.hidden_size, 1, dtype=torch.float32)
     with torch.no_grad():
         head.weight.zero_()
