@@ -108,15 +108,8 @@ class RecipeError(SelfAlignError, ValueError):
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     """The validated recipe and the sha256 of its text. Errors name the file and the field."""
     path = Path(path)
-    if not path.exists():
-        raise RecipeError(f"{path}: recipe not found")
-    if not path.is_file():
-        raise RecipeError(f"{path}: is not a recipe file (a folder?)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"{path}: not UTF-8 text (byte {e.start + 1})") from None
-    try:
+        text = yaml_io.read_text(path, "recipe")
         raw = yaml_io.loads(text, path)
     except yaml_io.YamlError as e:
         raise RecipeError(str(e)) from None

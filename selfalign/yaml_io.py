@@ -86,15 +86,19 @@ def loads(text: str, source: str | Path = "<text>"):
         loader.dispose()
 
 
-def load(path: str | Path):
-    """Read and parse a YAML (or JSON) file; a missing file, a folder, non-UTF-8 bytes and bad YAML name the file."""
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A YAML file's text; a missing file, a folder or FIFO, and non-UTF-8 bytes are one-line errors naming it."""
     path = Path(path)
     if not path.exists():
-        raise YamlError(f"{path}: file not found")
+        raise YamlError(f"{path}: {what} not found")
     if not path.is_file():
-        raise YamlError(f"{path}: is not a regular file")
+        raise YamlError(f"{path}: is not a {what} file (a folder?)")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise YamlError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    return loads(text, path)
+        raise YamlError(f"{path}: not UTF-8 text (byte {e.start + 1})") from None
+
+
+def load(path: str | Path):
+    """Read and parse a YAML (or JSON) file; errors name the file (and the line)."""
+    return loads(read_text(path), path)

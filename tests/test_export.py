@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from selfalign.cli import app
 from selfalign.export import ExportError, export
+from selfalign.io import OutputError
 from selfalign.io import write_jsonl
 from selfalign.records import Message, PreferencePair
 from selfalign.training.config import TrainConfig
@@ -80,17 +81,20 @@ def test_refuses_non_empty_target(lora_run, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="not empty"):
+    # someone else's files: refused with or without --force (the error says --force would not help either)
+    with pytest.raises(OutputError, match="did not write"):
         export(lora_run, out)
-    result = CliRunner().invoke(app, ["export", str(lora_run), "--out", str(out)])
-    assert result.exit_code == 2 and "--force" in result.output
-    # --force replaces only a folder selfalign wrote: someone else's files stay, whatever the flag
-    result = CliRunner().invoke(app, ["export", str(lora_run), "--out", str(out), "--force"])
-    assert result.exit_code == 2 and "did not write" in result.output
+    for flags in ([], ["--force"]):
+        result = CliRunner().invoke(app, ["export", str(lora_run), "--out", str(out), *flags])
+        assert result.exit_code == 2 and "did not write" in " ".join(result.output.split())
     assert (out / "keep.txt").read_text() == "mine"
     previous = tmp_path / "previous"
     export(lora_run, previous)
     (previous / "stale.txt").write_text("from the last export")
+    with pytest.raises(ExportError, match="not empty"):  # a previous export: replaced only when asked
+        export(lora_run, previous)
+    result = CliRunner().invoke(app, ["export", str(lora_run), "--out", str(previous)])
+    assert result.exit_code == 2 and "--force" in result.output
     export(lora_run, previous, force=True)  # a previous export is ours to replace
     assert not (previous / "stale.txt").exists() and (previous / "config.json").exists()
 

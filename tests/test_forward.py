@@ -77,7 +77,11 @@ def test_shared_prompt_equals_plain_forward_tiny(tiny_model_path, kind, lora):
     torch.testing.assert_close(shared, plain, atol=1e-4, rtol=1e-5)
     assert plain_grads.keys() == shared_grads.keys() and plain_grads
     for name, grad in plain_grads.items():
-        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+        # float32 rounding is relative to the terms summed, not to each entry: the tied embedding's gradient adds the
+        # LM head's (entries up to ~9), and on AVX2 kernels one entry of 3.1 million differed by 1.8e-5 (2e-6 of the
+        # tensor's scale) between the two summation orders. The bound scales with the tensor's largest entry.
+        scale = max(1.0, float(grad.abs().max()))
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
 def test_shared_prompt_equals_plain_forward_default_model(default_model_path):
