@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from selfalign.judging.answers import extract_answer, normalize_number
+from selfalign.evaluation.heldout import _correct as _right  # the held-out evaluation's own answer check
 from selfalign.pairs import PairOptions, build_preferences
 from selfalign.records import ScoredSample, group_by_prompt
 
@@ -30,11 +30,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _right(text: str, gold: str) -> bool:
-    answer = extract_answer(text)
-    return answer is not None and answer == (normalize_number(gold) or gold)
 
 
 def _completion_text(record, side: str) -> str:
