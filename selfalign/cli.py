@@ -20,8 +20,9 @@ from selfalign.losses import LOSSES
 from selfalign.training.heap import keep_freed_memory
 
 class _Commands(TyperGroup):
-    """Every command's expected failure (a SelfAlignError) becomes one line on stderr and exit status 2; any other
-    exception is a bug and keeps its traceback (as does every error under --verbose)."""
+    """Every command's expected failure (a SelfAlignError, or a file-system error the user can fix: read-only, full,
+    no permission) becomes one line on stderr and exit status 2; any other exception is a bug and keeps its
+    traceback (as does every error under --verbose)."""
 
     def invoke(self, ctx):
         try:
@@ -30,6 +31,14 @@ class _Commands(TyperGroup):
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
             print_error(e)
+            raise typer.Exit(2) from None
+        except OSError as e:  # a read-only or full disk, a permission: the user's to fix, so one line, not a traceback
+            from selfalign.io import describe_os_error
+
+            message = describe_os_error(e)
+            if message is None or (ctx.obj and ctx.obj.get("verbose")):
+                raise
+            print_error(message)
             raise typer.Exit(2) from None
 
 

@@ -43,17 +43,20 @@ def _engine_options(overrides: dict):
 
 def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: Optional[Path], limit: Optional[int],
           engine: str, judge: Optional[str] = None, judge_base_url: Optional[str] = None,
-          judge_api_key_env: str = "OPENAI_API_KEY", selection=None, layout: dict | None = None) -> None:
+          judge_api_key_env: str = "OPENAI_API_KEY", selection=None, layout: dict | None = None,
+          overrides: dict | None = None) -> None:
     from selfalign.evaluation import run as runners
     from selfalign.evaluation.common import load_protocol
     from selfalign.generation import get_engine
+    from selfalign.io import prepare_output
     from selfalign.models import ModelNotFoundError
 
     try:
-        protocol = load_protocol(benchmark, config)
+        protocol = _override(load_protocol(benchmark, config), overrides or {})
         if benchmark == "mt_bench" and data is None:
             _fail("mt-bench needs --data DIR (FastChat's llm_judge/data/mt_bench layout)")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_output(out, kind="folder")  # a file given as --out is one line of error, not a traceback
+        out.mkdir(exist_ok=True)
         gen = get_engine(engine, model, options=_engine_options(layout or {}))
         if benchmark == "gsm8k":
             result = runners.run_gsm8k(gen, model, out, protocol, data, limit, selection)
@@ -67,8 +70,41 @@ def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: O
         _fail(str(e))
     if result.get("judge_note"):
         console.print(result["judge_note"], style="bold yellow")
-    Console().print_json(data=result["numbers"])
-    console.print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    console.print(_one_line(result["numbers"]))
+    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}"
+                  + (f", {out / ('samples_' + benchmark + '.jsonl')}" if (out / f"samples_{benchmark}.jsonl").exists()
+                     else ""))
+
+
+def _override(protocol: dict, overrides: dict) -> dict:
+    """lm-eval's knobs on a protocol: --num-fewshot N (0: the zero-shot chat prompt; N: the first N of the 8
+    chain-of-thought exemplars), --max-new-tokens, --batch-size (items generated and saved per step)."""
+    shots, max_new_tokens, batch_size = (overrides.get(k) for k in ("num_fewshot", "max_new_tokens", "batch_size"))
+    if shots is not None:
+        exemplars = protocol.get("fewshot_exemplars") or []
+        if shots > len(exemplars):
+            _fail(f"--num-fewshot {shots}: the protocol has {len(exemplars)} exemplars")
+        protocol = {**protocol, "style": "fewshot_cot" if shots else "zeroshot_cot",
+                    "fewshot_exemplars": exemplars[:shots]}
+    if max_new_tokens is not None:
+        protocol = {**protocol, "generation": {**protocol["generation"], "max_new_tokens": max_new_tokens}}
+    if batch_size is not None:
+        protocol = {**protocol, "batch_size": batch_size}
+    return protocol
+
+
+def _one_line(numbers: dict) -> str:
+    """`strict-match 0.1800 ± 0.0157, ...`: each accuracy beside its standard error, one readable line."""
+    from selfalign.evaluation.common import _flat, _fmt
+
+    flat = _flat(numbers)
+    parts = []
+    for key, value in flat.items():
+        if key.endswith("_stderr"):
+            continue
+        error = flat.get(f"{key}_stderr")
+        parts.append(f"{key} {_fmt(value)}" + (f" ± {_fmt(error)}" if isinstance(error, float) else ""))
+    return ", ".join(parts)
 
 
 @eval_app.command("gsm8k")
@@ -82,11 +118,19 @@ def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(..
                tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
                gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
                enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
-               backend: Backend = None, ray_address: RayAddress = None) -> None:
-    """GSM8K: strict-match and flexible-extract accuracy (lm-evaluation-harness conventions)."""
+               backend: Backend = None, ray_address: RayAddress = None,
+               num_fewshot: Optional[int] = typer.Option(None, min=0, max=8, help="0: zero-shot chat prompt; N: the "
+                                                         "first N chain-of-thought exemplars  [default: the "
+                                                         "protocol's, 0]"),
+               max_new_tokens: Optional[int] = typer.Option(None, min=1, help="[default: the protocol's, 512]"),
+               batch_size: Optional[int] = typer.Option(None, min=1, help="items generated and saved per step  "
+                                                        "[default: 32]")) -> None:
+    """GSM8K: strict-match and flexible-extract accuracy with standard errors, and lm-eval's per-item samples file
+    (lm-evaluation-harness conventions)."""
     _eval("gsm8k", model, out, data, config, limit, engine, selection=_selection(model, select, utility, n),
           layout=engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len,
-                                 dtype, enable_prefix_caching, engine_kwargs, backend, ray_address))
+                                 dtype, enable_prefix_caching, engine_kwargs, backend, ray_address),
+          overrides={"num_fewshot": num_fewshot, "max_new_tokens": max_new_tokens, "batch_size": batch_size})
 
 
 @eval_app.command("mt-bench")
@@ -148,29 +192,39 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
     evaluation stage)."""
     from selfalign.evaluation.heldout import HeldoutConfig, evaluate_heldout
     from selfalign.generation import get_engine
-    from selfalign.io import read_jsonl, write_json
+    from selfalign.io import read_jsonl
     from selfalign.records import PromptRecord
 
     chosen = {k: v for k, v in {"method": select, "utility": utility}.items() if v is not None}
     cfg = load_config(HeldoutConfig, config, {"data": data, "limit": limit, "k": k,
                                               "select": chosen or None})
     prompts = read_jsonl(cfg.data, PromptRecord)
+    with_answers = len([p for p in prompts if p.answer is not None][:cfg.limit])
+    sampled = len([p for p in prompts if p.answer is not None][:cfg.limit][:cfg.sampled_limit])
+    console.print(f"{with_answers} prompts: {with_answers} greedy generations"
+                  + (f" + {sampled} x {cfg.k} sampled = {with_answers + sampled * cfg.k} generations (--k 0: greedy "
+                     "only)" if cfg.k > 0 else ""))
     layout = _engine_options(engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization,
                                                max_model_len, dtype, enable_prefix_caching, engine_kwargs, backend,
                                                ray_address))
     gen = get_engine(engine, model, seed=seed, options=layout)
     result = evaluate_heldout(gen, prompts, cfg, seed=seed, policy=model)
-    write_json(out, {"model": model, "engine": gen.name, **result})
-    console.print({k: v for k, v in result.items() if not isinstance(v, list)})
+    from selfalign.evaluation.files import heldout_stderrs, write_heldout
+
+    numbers = {k: v for k, v in {**result, **heldout_stderrs(result)}.items() if isinstance(v, (int, float))}
+    json_path, items_path = write_heldout(out, {"model": model, "engine": gen.name}, result)
+    console.print(_one_line(numbers))
+    console.print(f"wrote {json_path}, {items_path}")
 
 
 @eval_app.command("compare")
 def eval_compare(a: Path = typer.Argument(...), b: Path = typer.Argument(...)) -> None:
-    """Two eval runs side by side."""
-    from selfalign.evaluation.common import compare
+    """Two evaluations side by side (a folder or its results.json / eval.json, from any `eval` command or a run's
+    iter_NN folder); per-item results of the same items are paired: the difference with a 95% bootstrap interval."""
+    from selfalign.evaluation.files import compare
 
     table = Table(title="selfalign eval compare")
-    for column in ("metric", str(a), str(b)):
+    for column in ("metric", str(a), str(b), "b - a"):
         table.add_column(column)
     for row in compare(a, b):
         table.add_row(*(Text(str(cell)) for cell in row))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,36 @@ class DataFileError(SelfAlignError, ValueError):
 
 class OutputError(SelfAlignError, OSError):
     """An output cannot be written where it was asked for; the message names the path and why."""
+
+
+_OS_REASONS = {errno.EROFS: "the file system is read-only", errno.ENOSPC: "no space left on the device",
+               errno.EDQUOT: "the disk quota is exhausted", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a file, not a folder",
+               errno.EISDIR: "is a folder", errno.ENAMETOOLONG: "the name is too long",
+               errno.EMFILE: "too many open files", errno.EFBIG: "the file is too large for this file system"}
+
+
+def describe_os_error(error: OSError) -> str | None:
+    """One line naming the path and the reason for the file-system failures a user can fix (read-only or full disk,
+    permissions, a file where a folder must be); None for any other OSError (a bug keeps its traceback)."""
+    reason = _OS_REASONS.get(error.errno)
+    if reason is None:
+        return None
+    where = error.filename or "an output"
+    also = f" -> {error.filename2}" if getattr(error, "filename2", None) else ""
+    return (f"{where}{also}: {reason} ({error.strerror or 'OS error'}); outputs are written atomically, so nothing "
+            "half-written was left and earlier files are as they were")
+
+
+@contextlib.contextmanager
+def _named_os_errors(path: Path) -> Iterator[None]:
+    """A fixable OSError while writing `path` (through its temporary file) becomes an OutputError naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, OutputError) or e.errno not in _OS_REASONS:
+            raise
+        raise OutputError(describe_os_error(OSError(e.errno, e.strerror, str(path)))) from None
 
 
 def _umask() -> int:
@@ -77,15 +108,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     mode of a new file under the user's umask (mkstemp's temporary file is private).
     """
     path = prepare_output(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with _named_os_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def check_replaceable(path: str | Path, marker: str, inputs: Iterable[str | Path] = ()) -> None:
@@ -115,17 +147,19 @@ def atomic_dir(path: str | Path, force: bool = False, marker: str | None = None,
     path = prepare_output(path, kind="folder")
     if force and marker is not None:
         check_replaceable(path, marker, inputs)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _named_os_errors(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        if path.exists():
-            if not force:
-                raise OutputError(f"{path} appeared while writing; not overwriting it")
-            if marker is not None:
-                check_replaceable(path, marker, inputs)  # again: the folder may have changed while we worked
-            shutil.rmtree(path)
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
-        os.replace(tmp, path)
+        with _named_os_errors(path):
+            yield tmp
+            if path.exists():
+                if not force:
+                    raise OutputError(f"{path} appeared while writing; not overwriting it")
+                if marker is not None:
+                    check_replaceable(path, marker, inputs)  # again: the folder may have changed while we worked
+                shutil.rmtree(path)
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

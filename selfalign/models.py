@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from selfalign.errors import SelfAlignError
+from selfalign.errors import ConfigError, SelfAlignError
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,32 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
     transformers refuses `save_pretrained` on a GGUF-loaded model and its `quantization_config` blocks training,
     so we rebuild a plain model from the config and load the state dict into it.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from selfalign.io import atomic_dir
-
     gguf_path = Path(gguf_path)
     if out_dir is None:
         stat = gguf_path.stat()
         key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
         out_dir = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
-    if (out_dir / "model.safetensors").exists() or (out_dir / "config.json").exists():
+
+    def converted() -> bool:
+        return (out_dir / "model.safetensors").exists() or (out_dir / "config.json").exists()
+
+    if converted():
         return out_dir
+    # Two first commands on an empty cache (a `make demo` beside a test run) would both convert, and the second to
+    # finish would find the folder taken: one converts under an exclusive lock, the other waits and reuses it.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not converted():
+            _convert_gguf_into(gguf_path, out_dir)
+    return out_dir
+
+
+def _convert_gguf_into(gguf_path: Path, out_dir: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from selfalign.io import atomic_dir
+
     log.info("converting %s to safetensors in %s (once)", gguf_path.name, out_dir)
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -107,7 +123,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    return out_dir
 
 
 def resolve_model(name: str) -> str:
@@ -134,9 +149,15 @@ def resolve_model(name: str) -> str:
 
 
 def pick_device(device: str = "auto") -> str:
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """`auto`: CUDA where torch sees a device, else the CPU. A device asked for by name must exist here (a
+    `cuda` on a CPU-only machine is a one-line error before any model loads, not torch's traceback)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: torch sees no CUDA device on this machine; use 'cpu' or 'auto'")
+    if device.startswith("cuda:") and device[5:].isdigit() and int(device[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
 
 
 def pick_dtype(device: str, dtype: str = "auto") -> torch.dtype:

@@ -168,5 +168,7 @@ def _run_one(engine, job: GenerateJob | HeldoutJob, model: str) -> dict:
 
     result = evaluate_heldout(engine, read_jsonl(job.config.data, PromptRecord), job.config, seed=job.seed,
                               policy=model)
-    write_json(job.out, {"model": model, "engine": engine.name, **result})
+    from selfalign.evaluation.files import write_heldout
+
+    write_heldout(job.out, {"model": model, "engine": engine.name}, result)
     return {"prompts": result["num_prompts"]}

@@ -95,12 +95,6 @@ def _flat(numbers: dict, prefix: str = "") -> dict:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "-"
     return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def compare(a: Path, b: Path) -> list[tuple[str, str, str]]:
-    ra, rb = (json.loads((Path(p) / "results.json").read_text()) for p in (a, b))
-    fa, fb = _flat(ra["numbers"]), _flat(rb["numbers"])
-    rows = [("model", ra["model"], rb["model"]), ("judge", str(ra.get("judge")), str(rb.get("judge")))]
-    rows += [(k, _fmt(fa.get(k, "-")), _fmt(fb.get(k, "-"))) for k in list(dict.fromkeys([*fa, *fb]))]
-    return rows

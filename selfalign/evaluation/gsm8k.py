@@ -45,6 +45,15 @@ def score(outputs: list[str], golds: list[str]) -> dict:
     return {"strict-match": sum(strict) / n, "flexible-extract": sum(flexible) / n, "n": len(golds)}
 
 
+def items(rows: list[dict], outputs: list[str]) -> list[dict]:
+    """lm-eval's per-item sample rows: the document, the output, each filter's extracted answer and exact match."""
+    return [{"doc_id": r["id"], "question": r["question"], "target": r["gold"], "resps": output,
+             "filtered_resps": {"strict-match": strict_answer(output), "flexible-extract": last_number(output)},
+             "exact_match,strict-match": int(strict_answer(output) == r["gold"]),
+             "exact_match,flexible-extract": int(last_number(output) == r["gold"])}
+            for r, output in zip(rows, outputs)]
+
+
 def majority_score(samples: list[list[str]], golds: list[str]) -> float:
     right = sum(majority_answer([extract_answer(t) for t in texts]) == gold for texts, gold in zip(samples, golds))
     return right / max(len(golds), 1)

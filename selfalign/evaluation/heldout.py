@@ -46,7 +46,11 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
     greedy_correct = [_correct(s.text, p.answer) for s, p in zip(greedy, prompts)]
     result = {"num_prompts": len(prompts), "greedy_accuracy": sum(greedy_correct) / len(prompts),
               "greedy_correct": [int(c) for c in greedy_correct],
-              "greedy_no_answer": sum(extract_answer(s.text) is None for s in greedy) / len(prompts)}
+              "greedy_no_answer": sum(extract_answer(s.text) is None for s in greedy) / len(prompts),
+              # the per-item samples file's rows (evaluation.files.write_heldout moves them out of eval.json)
+              "greedy_items": [{"prompt_id": prompt_id_of(p, i), "output": s.text, "extracted": extract_answer(s.text),
+                                "gold": p.answer, "correct": int(c)}
+                               for i, (s, p, c) in enumerate(zip(greedy, prompts, greedy_correct))]}
     if cfg.k > 0:
         sampled_prompts = prompts[:cfg.sampled_limit]
         settings = SamplingSettings(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p,

@@ -13,7 +13,8 @@ from selfalign.evaluation import gsm8k as g8
 from selfalign.evaluation import mt_bench as mt
 from selfalign.evaluation.common import resumable, write_results
 from selfalign.generation import SamplingSettings
-from selfalign.io import write_json
+from selfalign.evaluation.files import stderr
+from selfalign.io import write_json, write_jsonl
 from selfalign.records import PromptRecord, group_by_prompt
 
 
@@ -57,9 +58,14 @@ def run_gsm8k(engine, model: str, out: Path, protocol: dict, data: Path | None, 
         texts = _answers(engine, [g8.messages_for(r["question"], protocol) for r in part], greedy, selection)
         return [{"id": r["id"], "question": r["question"], "gold": r["gold"], "output": t} for r, t in zip(part, texts)]
 
-    done = resumable(out / _outputs_name(selection), rows, lambda r: r["id"], answer, chunk=32)
+    done = resumable(out / _outputs_name(selection), rows, lambda r: r["id"], answer,
+                     chunk=int(protocol.get("batch_size") or 32))
     outputs = [done[str(r["id"])]["output"] for r in rows]
     numbers = g8.score(outputs, [r["gold"] for r in rows])
+    items = g8.items(rows, outputs)
+    write_jsonl(out / "samples_gsm8k.jsonl", items)  # lm-eval's per-item file: what each filter read, right or not
+    for metric in ("strict-match", "flexible-extract"):
+        numbers[f"{metric}_stderr"] = stderr([item[f"exact_match,{metric}"] for item in items])
     k = int(protocol.get("majority_k") or 0)
     if k > 0:
         sampled = SamplingSettings(n=k, temperature=protocol["majority_temperature"], max_new_tokens=gen["max_new_tokens"],

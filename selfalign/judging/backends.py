@@ -81,7 +81,8 @@ class LocalJudge:
 class OpenAIJudge:
     """Any OpenAI-compatible chat endpoint, through the `openai` client.
 
-    Each request has a total time budget (`timeout`, seconds, tries and waits included): connection failures, time
+    Each request has a total time budget (`timeout`, seconds, tries and waits included, every byte of the answer
+    read within it): connection failures, time
     outs, HTTP 408/429/5xx and unreadable answers are retried with exponential backoff (1, 2, 4, ... s) until it is
     spent. Then `on_error` decides: "stop" raises JudgeEndpointError (finished prompt groups are kept in OUT.partial),
     "abstain" makes that request an abstention, counted in `stats["endpoint_failures"]`. Other 4xx (a wrong key, an unknown model) stop
@@ -140,7 +141,7 @@ class OpenAIJudge:
             remaining = deadline - time.monotonic()
             tries += 1
             try:
-                response = self.client.chat.completions.create(**body, timeout=max(remaining, 0.1)).model_dump()
+                response = self._post_within(body, deadline)
                 _check_shape(response)
                 return response
             except openai.APIStatusError as e:
@@ -166,6 +167,23 @@ class OpenAIJudge:
             return None
         raise JudgeEndpointError(message + "; finished prompt groups are kept, a rerun continues from them "
                                  "(or pass --on-judge-error abstain)")
+
+    def _post_within(self, body: dict, deadline: float) -> dict:
+        """One POST whose answer is read whole before `deadline`: the client's timeout bounds each read, not the
+        request, so a server trickling its answer a byte at a time would outlast any budget. The body is read in
+        chunks here, the clock checked after each."""
+        import openai
+
+        create = self.client.chat.completions.with_streaming_response.create
+        with create(**body, timeout=max(deadline - time.monotonic(), 0.1)) as raw:
+            data = bytearray()
+            for chunk in raw.iter_bytes():
+                data += chunk
+                if time.monotonic() > deadline:
+                    raise openai.APITimeoutError(request=raw.http_request)
+                if len(data) > _MAX_ANSWER_BYTES:
+                    raise ValueError(f"the answer is longer than {_MAX_ANSWER_BYTES // 2**20} MB")
+        return json.loads(bytes(data))
 
     def _scrub(self, text: str) -> str:
         """Error text without the API key or any bearer token (servers echo them back in 401 answers)."""
@@ -201,8 +219,13 @@ class OpenAIJudge:
         return results
 
 
-def _check_shape(response: dict) -> None:
+_MAX_ANSWER_BYTES = 16 * 2**20  # a chat completion is kilobytes; more is a broken or hostile server
+
+
+def _check_shape(response) -> None:
     """An answer's shape before anything reads it: a list of choices, each a mapping with a message mapping."""
+    if not isinstance(response, dict):
+        raise ValueError("the answer is not a JSON object")
     choices = response.get("choices")
     if not isinstance(choices, list) or not choices:
         raise ValueError("the answer has no list of 'choices'")
