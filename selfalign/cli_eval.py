@@ -70,10 +70,10 @@ def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: O
         _fail(str(e))
     if result.get("judge_note"):
         console.print(result["judge_note"], style="bold yellow")
-    console.print(_one_line(result["numbers"]))
+    console.print(_one_line(result["numbers"]), soft_wrap=True)
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}"
                   + (f", {out / ('samples_' + benchmark + '.jsonl')}" if (out / f"samples_{benchmark}.jsonl").exists()
-                     else ""))
+                     else ""), soft_wrap=True)
 
 
 def _override(protocol: dict, overrides: dict) -> dict:
@@ -203,7 +203,7 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
     sampled = len([p for p in prompts if p.answer is not None][:cfg.limit][:cfg.sampled_limit])
     console.print(f"{with_answers} prompts: {with_answers} greedy generations"
                   + (f" + {sampled} x {cfg.k} sampled = {with_answers + sampled * cfg.k} generations (--k 0: greedy "
-                     "only)" if cfg.k > 0 else ""))
+                     "only)" if cfg.k > 0 else ""), soft_wrap=True)
     layout = _engine_options(engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization,
                                                max_model_len, dtype, enable_prefix_caching, engine_kwargs, backend,
                                                ray_address))
@@ -213,8 +213,8 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
 
     numbers = {k: v for k, v in {**result, **heldout_stderrs(result)}.items() if isinstance(v, (int, float))}
     json_path, items_path = write_heldout(out, {"model": model, "engine": gen.name}, result)
-    console.print(_one_line(numbers))
-    console.print(f"wrote {json_path}, {items_path}")
+    console.print(_one_line(numbers), soft_wrap=True)
+    console.print(f"wrote {json_path}, {items_path}", soft_wrap=True)
 
 
 @eval_app.command("compare")
