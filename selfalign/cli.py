@@ -16,8 +16,14 @@ from selfalign.cli_engine import (Backend, DataParallel, Dtype, EngineKwargs, Gp
                                   RayAddress, TensorParallel, engine_overrides)
 from selfalign.cli_utils import console, load_config, parse_set_options, print_error, setup_logging
 from selfalign.errors import ConfigError, SelfAlignError
+from selfalign.cli_config import with_config_flags
 from selfalign.losses import LOSSES
+from selfalign.training.config import TrainConfig
 from selfalign.training.heap import keep_freed_memory
+
+# TRL's names are the fields' own; these add the names selfalign used before (still accepted).
+TRAIN_FLAG_NAMES = {"loss_type": ("--loss-type", "--loss"), "use_peft": ("--use-peft/--full", "--lora/--no-lora")}
+
 
 class _Commands(TyperGroup):
     """Every command's expected failure (a SelfAlignError, or a file-system error the user can fix: read-only, full,
@@ -278,40 +284,31 @@ def build_pairs(
 
 
 @app.command()
+@with_config_flags(TrainConfig, names=TRAIN_FLAG_NAMES)
 def train(
-    pairs: str = typer.Option(..., help="preference data: JSONL or Parquet file, local dataset folder, or hub "
-                              "dataset id; TRL's standard or conversational form (ranked lists for lipo; single "
-                              "completions with label or reward for kto, dro)"),
-    out: Path = typer.Option(..., help="output folder: checkpoints/, final/, metrics.jsonl, logs/"),
+    pairs: str = typer.Option(..., help="preference data: JSONL, JSON array or Parquet file, a save_to_disk folder, "
+                              "a dataset folder or hub dataset id; TRL's standard or conversational form, explicit "
+                              "or implicit prompt (ranked lists for lipo; single completions with label or reward for "
+                              "kto, dro)"),
+    out: Path = typer.Option(..., help="output folder: the final adapter or model at its root (with README.md), "
+                             "checkpoint-N/, metrics.jsonl, logs/"),
     split: str = typer.Option("train", help="dataset split, for a hub dataset or dataset folder"),
-    config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields (TRL's names)"),
-    model: Optional[str] = typer.Option(None, help="policy and reference model (default: 'default')"),
-    loss: Optional[str] = typer.Option(None, "--loss", "--loss-type", help=f"{' | '.join(LOSSES)}, or TRL's "
-                                       "sigmoid (= dpo) and sigmoid_norm (= ln_dpo)"),
-    beta: Optional[float] = typer.Option(None, help="unset: the loss's own default"),
-    learning_rate: Optional[float] = None,
-    max_steps: Optional[int] = None,
-    num_train_epochs: Optional[float] = None,
-    per_device_train_batch_size: Optional[int] = None,
-    gradient_accumulation_steps: Optional[int] = None,
-    use_peft: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA adapter or full finetuning"),
-    set_: list[str] = typer.Option([], "--set", help="any other TrainConfig field, key=value (repeatable)"),
+    config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields (TRL's names), or an "
+                                          "alignment-handbook recipe (model_name_or_path, ...)"),
+    set_: list[str] = typer.Option([], "--set", help="any TrainConfig field, key=value (lists too; repeatable)"),
     force: bool = typer.Option(False, help="OUT holds another run (other data or settings): discard it and start over"),
+    options: dict = None,
 ) -> None:
-    """Train the policy on preference data with a DPO-family, ScPO, LiPO-λ, SRPO, KTO or DRO loss. Resumes after a
-    kill."""
-    from selfalign.training.config import TrainConfig
+    """Train the policy on preference data with a DPO-family, ScPO, LiPO-λ, SRPO, KTO or DRO loss. Every TrainConfig
+    field is a flag under TRL's name. Resumes after a kill."""
+    from selfalign.handbook import read_train_config
     from selfalign.training.trainer import train as run_training
 
-    options = {"model": model, "loss_type": loss, "beta": beta, "learning_rate": learning_rate,
-               "max_steps": max_steps, "num_train_epochs": num_train_epochs,
-               "per_device_train_batch_size": per_device_train_batch_size,
-               "gradient_accumulation_steps": gradient_accumulation_steps, "use_peft": use_peft}
-    cfg = load_config(TrainConfig, config, options, parse_set_options(set_))
+    cfg = read_train_config(config, options, parse_set_options(set_))
     keep_freed_memory()  # a training process: each step reuses the last one's memory (an entry point's choice)
     summary = run_training(cfg, pairs, out, split=split, force=force)
     console.print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s on {summary['world_size']} "
-                  f"process(es) -> {summary['output']}")
+                  f"process(es) -> {summary['output']}", soft_wrap=True)
 
 
 @app.command("judge-train")
@@ -349,7 +346,7 @@ def judge_train(
 def export(
     source: Path = typer.Argument(..., help="a run folder, a training output folder, or a DeepSpeed checkpoint"),
     out: Path = typer.Option(..., help="target folder (must be empty unless --force)"),
-    dtype: str = typer.Option("fp32", help="bf16 | fp16 | fp32"),
+    dtype: str = typer.Option("float32", help="bfloat16 | float16 | float32 (bf16, fp16, fp32 accepted)"),
     iteration: Optional[int] = typer.Option(None, help="with a run folder: which iteration (default: the last)"),
     base_model: Optional[str] = typer.Option(None, help="the base model, where the source does not record it"),
     force: bool = typer.Option(False, help="replace a non-empty target"),
@@ -359,8 +356,11 @@ def export(
     from selfalign.errors import ConfigError
     from selfalign.export import export as run_export
 
-    if dtype not in ("bf16", "fp16", "fp32"):
-        raise ConfigError(f"--dtype {dtype!r}: choose bf16, fp16 or fp32")
+    from selfalign.dtypes import canonical_dtype
+
+    dtype = canonical_dtype(dtype)
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ConfigError(f"--dtype {dtype!r}: choose bfloat16, float16 or float32 (or bf16, fp16, fp32)")
     result = run_export(source, out, dtype=dtype, iteration=iteration, force=force, base_model=base_model,
                         push_to_hub=push_to_hub)
     console.print(f"exported {result['source']} -> {result['out']}\nverified: {result['verification']}")

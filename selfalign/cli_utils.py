@@ -81,10 +81,14 @@ def parse_set_options(items: list[str]) -> dict:
 
 
 def load_config(config_type: type[Config], config_path: Path | None, options: dict,
-                set_values: dict | None = None) -> Config:
-    """The stage's settings: fields from `config_path` (YAML/JSON), then the options the user gave (None = not given),
-    then `--set key=value` fields. An option and a `--set` of the same field is an error, not a silent choice."""
-    values = read_mapping(config_path) if config_path is not None else {}
+                set_values: dict | None = None, file_values: dict | None = None) -> Config:
+    """The stage's settings: fields from `config_path` (YAML/JSON; `file_values` when the caller has read and
+    translated it already), then the options the user gave (None = not given), then `--set key=value` fields. An
+    option and a `--set` of the same field is an error, not a silent choice."""
+    if file_values is not None:
+        values = dict(file_values)
+    else:
+        values = read_mapping(config_path) if config_path is not None else {}
     given = {key: value for key, value in options.items() if value is not None}
     for key in sorted(set(given) & set(set_values or {})):
         raise ConfigError(f"--{key.replace('_', '-')} and --set {key}=... both given: use one")

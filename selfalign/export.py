@@ -1,7 +1,7 @@
 """Export a trained policy as a plain Hugging Face checkpoint: LoRA folded in, sharded safetensors, tokenizer, chat
 template, generation config and a model card of the lineage. Loads with transformers or vLLM, no selfalign needed.
 
-Sources: a training output (`OUT/` or `OUT/final/`, adapter or full model), a run folder (`runs/NAME`, with
+Sources: a training output (`OUT/`, adapter or full model; `OUT/final/` of earlier versions), a run folder (`runs/NAME`, with
 `--iteration`), or a DeepSpeed checkpoint folder (ZeRO shards are consolidated first).
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -42,7 +41,8 @@ def find_weights(source: Path, iteration: int | None = None) -> Path:
         if chosen not in done:
             raise ExportError(f"{source}: iteration {chosen} has not finished training (finished: {done})")
         source = source / f"iter_{chosen:02d}" / "checkpoint"
-    if (source / "final").is_dir():
+    root_weights = (source / "adapter_config.json").exists() or (source / "config.json").exists()
+    if not root_weights and (source / "final").is_dir():  # a training output of an earlier version
         source = source / "final"
     if (source / "adapter_config.json").exists() or (source / "config.json").exists():
         return source
@@ -103,7 +103,14 @@ def _load_trained(weights: Path, base_model: str | None = None):
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    """A lineage file; for an export's `selfalign_lineage.json`, a training output's `selfalign_training.json` beside
+    it serves as well."""
+    from selfalign.training.trainer import TRAINING_MARKER
+
+    for candidate in (path, path.with_name(TRAINING_MARKER)):
+        if candidate.exists():
+            return json.loads(candidate.read_text())
+    return {}
 
 
 @torch.no_grad()
@@ -128,27 +135,7 @@ def compare_logits(merged: list[torch.Tensor], trained: list[torch.Tensor], dtyp
                 f"{float(top1):.3f} (at least {MIN_TOP1_AGREEMENT}), {dtype}"), max_diff
 
 
-def model_card(info: dict) -> str:
-    lines = [f"# {info.get('name', 'selfalign export')}", "",
-             "Exported by selfalign with any LoRA adapter folded in: a plain transformers / vLLM checkpoint.", "",
-             "## Lineage", "", f"- base model: `{info.get('base_model')}`"]
-    for key in ("recipe", "recipe_sha256", "loss_type", "iterations", "iteration"):
-        if info.get(key) is not None:
-            lines.append(f"- {key.replace('_', ' ')}: `{info[key]}`")
-    if info.get("hyperparameters"):
-        lines += ["", "## Hyperparameters", "", "| name | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in info["hyperparameters"].items()]
-    if info.get("data_counts"):
-        lines += ["", "## Data", "", "| iteration | stage | count |", "|---|---|---|"]
-        lines += [f"| {it} | {k} | {v} |" for it, counts in info["data_counts"].items() for k, v in counts.items()]
-    if info.get("evaluation"):
-        lines += ["", "## Evaluation (as recorded in the run)", "", "| iteration | metric | value |", "|---|---|---|"]
-        lines += [f"| {it} | {k} | {v} |" for it, metrics in info["evaluation"].items() for k, v in metrics.items()]
-    lines += ["", f"Verification: {info.get('verification', 'not run')}", ""]
-    return "\n".join(lines)
-
-
-def export(source: str | Path, out: str | Path, dtype: str = "fp32", iteration: int | None = None,
+def export(source: str | Path, out: str | Path, dtype: str = "float32", iteration: int | None = None,
            force: bool = False, base_model: str | None = None, card_info: dict | None = None,
            push_to_hub: str | None = None, max_shard_size: str = "2GB") -> dict:
     """Merge, save to a temporary folder, verify the reload against the trained model, then rename into place."""
@@ -180,7 +167,9 @@ def export(source: str | Path, out: str | Path, dtype: str = "fp32", iteration: 
             raise ExportError(f"verification failed: {verification}; nothing was written to {out}")
         verification = f"reloaded with plain AutoModelForCausalLM on {len(VERIFY_PROMPTS)} prompts: {verification}"
         lineage["verification"] = verification
-        (tmp / "README.md").write_text(model_card(lineage))
+        from selfalign.cards import export_card
+
+        export_card(lineage).save(tmp / "README.md")
         (tmp / EXPORT_MARKER).write_text(json.dumps(lineage, indent=2, default=str))
     if push_to_hub:
         from huggingface_hub import HfApi

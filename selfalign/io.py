@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from selfalign.errors import SelfAlignError
 
@@ -23,7 +23,7 @@ class DataFileError(SelfAlignError, ValueError):
     """Bad input in a data file; the message names the file, the line and the field."""
 
     def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str, unit: str = "line"):
-        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+        self.path, self.line, self.field, self.problem, self.unit = str(path), line, field, problem, unit
         where = str(path) + (f", {unit} {line}" if line is not None else "")
         what = f", field '{field}'" if field else ""
         super().__init__(f"{where}{what}: {problem}")
@@ -205,9 +205,21 @@ def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 def read_jsonl(path: str | Path, record_type: type[Record]) -> list[Record]:
     """Read and validate every line as `record_type`; the first bad one raises DataFileError."""
-    from selfalign.datasets_io import validate_rows
-
     return validate_rows(path, read_json_lines(path), record_type)
+
+
+def validate_rows(source: str | Path, rows: Iterable[tuple[int, dict]], record_type: type[Record],
+                  unit: str = "line") -> list[Record]:
+    records = []
+    for number, row in rows:
+        try:
+            records.append(record_type.model_validate(row))
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or None
+            raise DataFileError(source, number, field, err["msg"].removeprefix("Value error, "), unit=unit) from None
+    return records
+
 
 
 def records_sha256(records: Iterable[BaseModel], settings: dict | None = None) -> str:

@@ -335,6 +335,15 @@ def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, ma
                             for t, it in manifest.data.get("iterations", {}).items()},
             "evaluation": {str(t): {k: v for k, v in (it["stages"].get("evaluate") or {}).items()
                                     if isinstance(v, float)} for t, it in manifest.data.get("iterations", {}).items()}}
+    from selfalign.reporting import accuracy_intervals
+
+    info["intervals"] = {}
+    for t in info["evaluation"]:
+        evaluation = run_dir / f"iter_{int(t):02d}" / "eval.json"
+        if evaluation.exists():
+            intervals = accuracy_intervals(json.loads(evaluation.read_text()))
+            info["intervals"][t] = {{"majority": next((k for k in info["evaluation"][t] if k.startswith("majority_at_")),
+                                                      "majority")}.get(k, k): v for k, v in intervals.items()}
     info["base_model"] = recipe.model
     result = export(it_dir / "checkpoint", it_dir / "merged", dtype=recipe.export_dtype, force=True, card_info=info)
     return {"max_logit_diff": result["max_logit_diff"]}

@@ -163,8 +163,10 @@ def pick_device(device: str = "auto") -> str:
 def pick_dtype(device: str, dtype: str = "auto") -> torch.dtype:
     """Weights in bf16 where the GPU supports it, fp32 on CPU (for bf16 speed there, train with `bf16: true`:
     mixed precision keeps fp32 weights and optimizer state)."""
+    from selfalign.dtypes import canonical_dtype
+
     if dtype != "auto":
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+        return getattr(torch, canonical_dtype(dtype))
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selfalign.dtypes import WeightsDtype
 
 from selfalign import yaml_io
 from selfalign.errors import SelfAlignError
@@ -52,7 +53,7 @@ class Recipe(BaseModel):
     verifier_check: int = Field(64, ge=0, description="before training, score this many held-out prompts of "
                                 "eval.data as the recipe would (answers used only to measure) and report whether the "
                                 "judge and filters choose right answers more often than the policy does; 0: off")
-    export_dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
+    export_dtype: WeightsDtype = "float32"
     keep_engine: bool | None = Field(None, description="one generation engine for the whole run, loading each "
                                      "policy's weights in place; unset: yes on CPU, no on a GPU (the trainer needs "
                                      "the memory an idle engine holds)")

@@ -70,12 +70,28 @@ def _as_messages(value: Any, role: str) -> Any:
     return [{"role": role, "content": value}] if isinstance(value, str) else value
 
 
+def _split_common_prefix(chosen: str, rejected: str) -> dict:
+    """TRL's implicit prompt in standard (text) form: the prompt is the text chosen and rejected share, the answers
+    what follows (a space before the split stays with the answers), as `trl.extract_prompt` splits them."""
+    cut = 0
+    while cut < min(len(chosen), len(rejected)) and chosen[cut] == rejected[cut]:
+        cut += 1
+    if cut > 0 and chosen[cut - 1] == " ":
+        cut -= 1
+    if cut == 0:
+        raise ValueError("no 'prompt', and chosen and rejected share no leading text to take it from")
+    return {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
+
+
 def _trl_preference_form(values: Any, completion_keys: tuple[str, ...]) -> Any:
     """Accept TRL's forms: standard (strings) or conversational (messages), with an explicit or implicit prompt (the
     shared leading messages of chosen and rejected, as in trl-lib/ultrafeedback_binarized); derive a missing id."""
     if not isinstance(values, dict):
         return values
     values = dict(values)
+    if values.get("prompt") is None and isinstance(values.get("chosen"), str) and isinstance(values.get("rejected"),
+                                                                                               str):
+        values.update(_split_common_prefix(values["chosen"], values["rejected"]))
     if values.get("prompt") is not None:
         values["prompt"] = _as_messages(values["prompt"], "user")
     for key in completion_keys:

@@ -21,6 +21,9 @@ CONVERSATIONAL = [{"prompt": [{"role": "user", "content": r["prompt"]}],
 # trl-lib/ultrafeedback_binarized's shape: no prompt column, the user turn leads both conversations, extra columns.
 IMPLICIT = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"], "score_chosen": 8.0,
              "score_rejected": 2.0} for r in CONVERSATIONAL]
+# TRL's implicit prompt in standard form: plain text whose shared start is the prompt (trl.extract_prompt splits it)
+IMPLICIT_TEXT = [{"chosen": "What is 2 + 2? 4.", "rejected": "What is 2 + 2? 5."},
+                 {"chosen": "Name a color. Red.", "rejected": "Name a color. Banana."}]
 
 
 def _jsonl(path, rows):
@@ -44,17 +47,60 @@ def _as_expected(records):
 
 
 @pytest.mark.parametrize("form", [STANDARD, CONVERSATIONAL, IMPLICIT], ids=["standard", "conversational", "implicit"])
-@pytest.mark.parametrize("container", ["jsonl", "parquet", "dataset-folder"])
+@pytest.mark.parametrize("container", ["jsonl", "json-array", "parquet", "dataset-folder", "save-to-disk",
+                                       "save-to-disk-dict"])
 def test_every_form_in_every_container(tmp_path, form, container):
+    from datasets import Dataset, DatasetDict
+
     if container == "jsonl":
         source = _jsonl(tmp_path / "prefs.jsonl", form)
+    elif container == "json-array":
+        source = tmp_path / "prefs.json"
+        source.write_text(json.dumps(form, indent=2))
     elif container == "parquet":
         source = _parquet(tmp_path / "prefs.parquet", form)
+    elif container == "save-to-disk":
+        source = tmp_path / "saved"
+        Dataset.from_list(form).save_to_disk(str(source))
+    elif container == "save-to-disk-dict":
+        source = tmp_path / "saved-dict"
+        DatasetDict({"train": Dataset.from_list(form), "test": Dataset.from_list(form[:1])}).save_to_disk(str(source))
     else:  # a folder that datasets.load_dataset reads the way it reads a hub repository
         (tmp_path / "repo" / "data").mkdir(parents=True)
         _parquet(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet", form)
         source = tmp_path / "repo"
     _as_expected(read_preferences(source, "dpo"))
+
+
+def test_implicit_prompt_in_text_form_splits_as_trl_does():
+    trl = pytest.importorskip("trl")
+    for row in IMPLICIT_TEXT + [{"chosen": "The sky is blue.", "rejected": "The sky is green."}]:
+        ours = PreferencePair.model_validate(row)
+        theirs = trl.extract_prompt(dict(row))
+        assert (ours.prompt[0].content, ours.chosen[0].content, ours.rejected[0].content) == \
+            (theirs["prompt"], theirs["chosen"], theirs["rejected"])
+    records = [PreferencePair.model_validate(r) for r in IMPLICIT_TEXT]
+    assert [r.prompt[0].content for r in records] == ["What is 2 + 2?", "Name a color."]
+    assert [r.chosen[0].content for r in records] == [" 4.", " Red."]
+
+
+def test_a_saved_dataset_dict_without_the_split_names_its_splits(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"test": Dataset.from_list(STANDARD)}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(DataFileError, match="without split 'train' \\(it has test\\)"):
+        read_preferences(tmp_path / "saved", "dpo")
+
+
+@pytest.mark.parametrize("rows, loss, hint", [
+    ([{"prompt": "Hi", "completion": "Hello.", "label": True}], "dpo", "pass --loss-type kto"),
+    ([{"prompt": "Hi", "completions": ["a", "b"], "scores": [1.0, 0.0]}], "dpo", "pass --loss-type lipo"),
+    ([{"prompt": "Hi", "chosen": "a", "rejected": "b"}], "kto", "pass --loss-type dpo"),
+])
+def test_rows_of_another_kind_name_the_loss_that_reads_them(tmp_path, rows, loss, hint):
+    with pytest.raises(DataFileError, match="line 1") as error:
+        read_preferences(_jsonl(tmp_path / "rows.jsonl", rows), loss)
+    assert hint in str(error.value)
 
 
 def test_derived_prompt_id_is_stable_and_explicit_ids_are_kept(tmp_path):

@@ -62,7 +62,7 @@ def test_lora_export_reloads_with_plain_transformers_and_same_logits(lora_run, t
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(default_model_path, dtype=torch.float32),
-                                        str(lora_run / "final")).eval()
+                                        str(lora_run)).eval()
     base = AutoModelForCausalLM.from_pretrained(default_model_path, dtype=torch.float32).eval()
     for m, a, b in zip(_logits(merged, tokenizer), _logits(adapter, tokenizer), _logits(base, tokenizer)):
         torch.testing.assert_close(m, a, atol=1e-3, rtol=0)
@@ -153,14 +153,14 @@ def test_deepspeed_zero3_checkpoint_is_consolidated(tmp_path, tiny_model_path):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
 
-    launch(tmp_path / "two", 2)  # leaves the sharded ZeRO-3 state of step 1 in checkpoints/step-1
+    launch(tmp_path / "two", 2)  # leaves the sharded ZeRO-3 state of step 1 in checkpoint-1
     launch(tmp_path / "one", 1)  # its final, consolidated weights are the weights after step 1
-    shards = tmp_path / "two" / "checkpoints" / "step-1"
+    shards = tmp_path / "two" / "checkpoint-1"
     result = CliRunner().invoke(app, ["export", str(shards), "--out", str(tmp_path / "exported"), "--base-model",
                                       tiny_model_path])
     assert result.exit_code == 0, result.output
     exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
-    expected = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
+    expected = load_file(str(tmp_path / "one" / "model.safetensors"))
     for name, tensor in expected.items():
         torch.testing.assert_close(exported[name], tensor, atol=1e-6, rtol=0)
 

@@ -214,7 +214,7 @@ def test_truncated_adapter_and_pickle_only_model(tmp_path, tiny_model_path):
     write_jsonl(pairs, _pairs(4))
     train(TrainConfig(model=tiny_model_path, max_steps=1, per_device_train_batch_size=2, lora_r=4, report_to=[]),
           pairs, tmp_path / "run")
-    adapter = tmp_path / "run" / "final" / "adapter_model.safetensors"
+    adapter = tmp_path / "run" / "adapter_model.safetensors"
     adapter.write_bytes(adapter.read_bytes()[:100])
     result = _invoke("export", tmp_path / "run", "--out", tmp_path / "merged")
     _one_line_error(result, "trained weights in", "could not be loaded")

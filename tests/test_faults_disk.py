@@ -6,7 +6,6 @@ cache (two real processes)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading

@@ -44,9 +44,9 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     cmd = [sys.executable, "-m", "selfalign.cli", "run", str(recipe), "--out", str(run_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoints = run_dir / "iter_01" / "checkpoint" / "checkpoints"
+    checkpoints = run_dir / "iter_01" / "checkpoint"
     deadline = time.time() + 600
-    while not (checkpoints.exists() and any(checkpoints.glob("step-*"))):
+    while not (checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))):
         assert proc.poll() is None, "the run ended before training checkpointed"
         assert time.time() < deadline
         time.sleep(0.2)
@@ -79,7 +79,7 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
                                                                    "evaluate"}
     assert "evaluate" in manifest["iterations"]["0"]["stages"] and manifest.get("finished")
     for name in ("samples.jsonl", "scored.jsonl", "pairs.jsonl", "eval.json", "merged/config.json",
-                 "merged/model.safetensors", "checkpoint/final/adapter_model.safetensors"):
+                 "merged/model.safetensors", "checkpoint/adapter_model.safetensors"):
         assert (run_dir / "iter_02" / name).exists(), name
     assert manifest["versions"]["torch"] and manifest["recipe_sha256"]
     assert (run_dir / "report.md").exists() and (run_dir / "metrics.png").stat().st_size > 1000

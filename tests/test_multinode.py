@@ -86,7 +86,7 @@ def test_two_machine_ranks_train_to_equal_weights(tmp_path, tiny_model_path, con
     assert [r["world_size"] for r in ranks] == [2, 2], "two machine ranks must make one world of two"
     assert ranks[0]["sha256"] == ranks[1]["sha256"], "the machines' weights diverged"
     initial = _weights(Path(tiny_model_path))
-    assert any((_weights(out / "final")[k] - initial[k]).abs().max() > 1e-5 for k in initial)
+    assert any((_weights(out)[k] - initial[k]).abs().max() > 1e-5 for k in initial)
 
 
 @pytest.mark.slow
@@ -101,18 +101,18 @@ def test_a_two_machine_checkpoint_resumes_and_exports(tmp_path, tiny_model_path)
     proc = subprocess.Popen(_two_machine_cmd(broken, pairs, tiny_model_path, _free_port(), "multi_node_ddp.yaml"),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
-    while not (broken / "checkpoints" / "step-2" / "trainer_state.json").exists():
+    while not (broken / "checkpoint-2" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # both machines' processes
     proc.wait()
-    if (broken / "final").exists():
+    if (broken / "selfalign_training.json").exists():
         pytest.skip("the run finished before the kill landed (too fast to interrupt here)")
     result = subprocess.run(_two_machine_cmd(broken, pairs, tiny_model_path, _free_port(), "multi_node_ddp.yaml"),
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout + result.stderr
-    a, b = _weights(straight / "final"), _weights(broken / "final")
+    a, b = _weights(straight), _weights(broken)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
     exported = tmp_path / "exported"

@@ -99,7 +99,7 @@ def test_short_run_on_default_model_learns_its_pairs(tmp_path, pairs_file):
     for key in ("rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected", "ranking_accuracy"):
         assert key in metrics[-1]
     base = AutoModelForCausalLM.from_pretrained(resolve_model("default"), dtype=torch.float32)
-    trained = PeftModel.from_pretrained(base, tmp_path / "run" / "final").eval()
+    trained = PeftModel.from_pretrained(base, tmp_path / "run").eval()
     loss, accuracy = _preference_stats(trained, _pairs(), load_tokenizer("default"), 0.1)
     assert loss < 0.6 and accuracy >= 0.75, (loss, accuracy)
     assert (tmp_path / "run" / "logs").exists(), "TensorBoard logs"
@@ -213,15 +213,15 @@ def test_dro_value_head_resumes_from_its_checkpoint(tmp_path, singles_file, tiny
                       per_device_train_batch_size=4, lora_r=4, lora_alpha=8, report_to=[])
     out = tmp_path / "run"
     train(cfg, singles_file, out)
-    whole = load_file(out / "final" / "value_head.safetensors"), load_file(out / "final" / "adapter_model.safetensors")
+    whole = load_file(out / "value_head.safetensors"), load_file(out / "adapter_model.safetensors")
     import shutil
 
-    shutil.rmtree(out / "final")  # as if killed after the step-2 checkpoint
+    (out / "selfalign_training.json").unlink()  # as if killed after the step-2 checkpoint
     (out / "metrics.jsonl").write_text("".join((out / "metrics.jsonl").read_text().splitlines(True)[:2]))
-    assert (out / "checkpoints" / "step-2").is_dir()
+    assert (out / "checkpoint-2").is_dir()
     summary = train(cfg, singles_file, out)
     assert summary["steps"] == 3
-    resumed = load_file(out / "final" / "value_head.safetensors"), load_file(out / "final" / "adapter_model.safetensors")
+    resumed = load_file(out / "value_head.safetensors"), load_file(out / "adapter_model.safetensors")
     for before, after in zip(whole, resumed):
         for name in before:
             assert torch.allclose(before[name], after[name], atol=1e-6), name
@@ -290,7 +290,7 @@ def test_bf16_mixed_precision_autocasts_and_keeps_fp32_weights(tmp_path, pairs_f
                           per_device_train_batch_size=2, use_peft=True, lora_r=4, report_to=[], bf16=bf16)
         train(cfg, pairs_file, tmp_path / str(bf16))
         runs[bf16] = [json.loads(line) for line in (tmp_path / str(bf16) / "metrics.jsonl").read_text().splitlines()]
-        adapter = load_file(next((tmp_path / str(bf16) / "final").glob("*.safetensors")))
+        adapter = load_file(next((tmp_path / str(bf16)).glob("adapter_model.safetensors")))
         assert {t.dtype for t in adapter.values()} == {torch.float32}, "fp32 master weights"
     fp32, mixed = runs[False][0], runs[True][0]
     assert mixed["loss"] == pytest.approx(0.6931, abs=2e-3), "step 1: policy and reference under the same autocast"
@@ -380,7 +380,7 @@ def _train_cmd(pairs, out, model, *extra):
 def _adapter(path):
     from safetensors.torch import load_file
 
-    return load_file(str(path / "final" / "adapter_model.safetensors"))
+    return load_file(str(path / "adapter_model.safetensors"))
 
 
 @pytest.mark.slow
@@ -392,12 +392,12 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, pairs_file, default_
     proc = subprocess.Popen(_train_cmd(pairs_file, killed, "default"), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-2" / "trainer_state.json").exists():
+    while not (killed / "checkpoint-2" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "final").exists(), "killed before the end"
+    assert not (killed / "selfalign_training.json").exists(), "killed before the end"
     result = subprocess.run(_train_cmd(pairs_file, killed, "default"), env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from" in result.stdout + result.stderr
@@ -453,7 +453,7 @@ def test_two_process_run_ends_with_identical_weights(tmp_path, pairs_file, tiny_
     assert ranks[0]["sha256"] == ranks[1]["sha256"], "the ranks' weights diverged"
     from safetensors.torch import load_file
 
-    trained = load_file(str(out / "final" / "model.safetensors"))
+    trained = load_file(str(out / "model.safetensors"))
     initial = load_file(str(Path(tiny_model_path) / "model.safetensors"))
     assert any((trained[k] - initial[k]).abs().max() > 1e-5 for k in initial), "training changed the weights"
 
@@ -506,12 +506,12 @@ def test_training_stops_at_the_first_non_finite_loss(tmp_path, pairs_file, tiny_
     if first_bad_step is not None:
         assert step == first_bad_step and "no checkpoint was written" in str(stopped.value)
     else:
-        assert step > 1 and f"step-{step - 1}" in str(stopped.value)
+        assert step > 1 and f"checkpoint-{step - 1}" in str(stopped.value)
         from safetensors.torch import load_file
 
-        kept = load_file(next((tmp_path / "out" / "checkpoints" / f"step-{step - 1}").rglob("*.safetensors")))
+        kept = load_file(next((tmp_path / "out" / f"checkpoint-{step - 1}").rglob("*.safetensors")))
         assert all(torch.isfinite(t).all() for t in kept.values()), "the checkpoint named is finite"
-    assert not (tmp_path / "out" / "final").exists()
+    assert not (tmp_path / "out" / "selfalign_training.json").exists()
 
 
 def test_pairs_whose_chosen_equals_rejected_are_dropped_and_counted(tmp_path, tiny_model_path, caplog):

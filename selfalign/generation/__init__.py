@@ -138,7 +138,7 @@ def get_engine(name: str, model: str, seed: int = 0, options=None, **kwargs) -> 
                           engine_kwargs=options.engine_kwargs, **kwargs)
     from selfalign.generation.hf_engine import HFEngine
 
-    hf_dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(options.dtype, "auto")
+    hf_dtype = options.dtype
     return HFEngine(model, **{"dtype": hf_dtype, **options.engine_kwargs, **kwargs})
 
 

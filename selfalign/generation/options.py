@@ -15,7 +15,9 @@ import json
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
+
+from selfalign.dtypes import HELP as DTYPE_HELP, DtypeName
 
 from selfalign.errors import ConfigError
 
@@ -38,9 +40,7 @@ class EngineOptions(BaseModel):
                                     "prompts sharded across them; replica r samples with seed + 1000003 r")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM: share of each GPU's memory")
     max_model_len: int = Field(2048, ge=16, description="vLLM: context length (prompt + new tokens)")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto | bfloat16 | float16 | float32 (bf16, fp16, fp32 accepted); auto: bf16 where the "
-        "GPU has it, float32 on CPU")
+    dtype: DtypeName = Field("auto", description=f"{DTYPE_HELP}; auto: bfloat16 where the GPU has it, float32 on CPU")
     enable_prefix_caching: bool | None = Field(None, description="vLLM: reuse the KV cache of shared prompt prefixes "
                                                "(None: vLLM's default)")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="any other engine argument (vLLM: an "
@@ -49,11 +49,6 @@ class EngineOptions(BaseModel):
                                              "ray: Ray actors on a Ray cluster (pip install 'selfalign[ray]')")
     ray_address: str | None = Field(None, description="backend ray: the cluster (`auto`, `ray://host:10001`); None "
                                     "starts a local one")
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _dtype_aliases(cls, value):
-        return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(value, value)
 
     def engine_options(self) -> "EngineOptions":
         """Just these fields (a GenerationConfig is also an EngineOptions, with sampling fields beside)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from selfalign.dtypes import HELP as DTYPE_HELP, DtypeName
 
 from selfalign.losses import LOSS_ALIASES, LOSSES
 
@@ -13,7 +15,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("default", description="the policy to train; also the reference (the previous iterate)")
-    loss_type: str = Field("dpo", description="a name in selfalign.losses.LOSSES")
+    loss_type: str = Field("dpo", description=f"{' | '.join(LOSSES)}; TRL's names too: "
+                           + ", ".join(f"{k} (= {v})" for k, v in LOSS_ALIASES.items()))
     beta: float = Field(0.1, gt=0, description="unset: the loss's own default (0.1; 2.0 for simpo and ln_dpo)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's ε (loss_type cdpo; unset: 0.1)")
     alpha: float = Field(1.0, ge=0, description="NLL weight for rpo/scpo; self-vs-generative mix for srpo (unset: 0.8)")
@@ -43,7 +46,7 @@ class TrainConfig(BaseModel):
     lora_target_modules: list[str] | str = "all-linear"
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights through bitsandbytes (GPU only)")
     gradient_checkpointing: bool = False
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="dtype the weights are loaded in")
+    dtype: DtypeName = Field("auto", description=f"dtype the weights are loaded in: {DTYPE_HELP}")
     bf16: bool = Field(False, description="bf16 mixed precision as TRL's `bf16`: autocast, fp32 weights and "
                        "optimizer; `accelerate launch --mixed_precision bf16` turns it on too")
     share_prompt_forward: bool = Field(True, description="run each group's shared prompt through the model once and "

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from selfalign.datasets_io import read_records
+from selfalign.io import DataFileError
 from selfalign.losses import LOSSES
 from selfalign.records import (LabeledCompletion, Message, PreferencePair, RankedList, RewardedCompletion,
                                SingleCompletion)
@@ -67,8 +68,38 @@ def record_kind(loss_type: str) -> RecordKind:
 
 
 def read_preferences(source: str | Path, loss_type: str, split: str = "train") -> list[PreferencePair | RankedList]:
-    """Preference records from a JSONL or Parquet file or a hub dataset, in TRL's standard or conversational form."""
-    return read_records(source, record_kind(loss_type).record_type, split=split)
+    """Preference records from any source `read_records` takes, in TRL's standard or conversational form. Rows of
+    another kind (KTO's unpaired rows given to a pair loss) fail with the losses that read them named."""
+    try:
+        return read_records(source, record_kind(loss_type).record_type, split=split)
+    except DataFileError as e:
+        hint = _other_kind_hint(source, split, loss_type)
+        if hint is None:
+            raise
+        raise DataFileError(e.path, e.line, e.field, f"{e.problem}; {hint}", unit=e.unit) from None
+
+
+# The columns that say which kind a row is, most specific first.
+_KIND_COLUMNS = [("labeled", {"completion", "label"}), ("rewarded", {"completion", "reward"}),
+                 ("list", {"completions", "scores"}), ("pair", {"chosen", "rejected"})]
+
+
+def _other_kind_hint(source, split: str, loss_type: str) -> str | None:
+    from selfalign.datasets_io import source_rows
+
+    try:
+        _, rows, _ = source_rows(source, split)
+        first = next(iter(rows), (0, {}))[1]
+    except Exception:  # the source itself is unreadable: the original error says so
+        return None
+    own = LOSSES[loss_type].records
+    for kind, columns in _KIND_COLUMNS:
+        if columns <= set(first) and not (kind == "pair" and own in ("pair", "srpo")) and kind != own:
+            losses = sorted(name for name, spec in LOSSES.items() if spec.records == kind)
+            return (f"these rows have {', '.join(sorted(columns))} ({kind} records), which "
+                    f"{'/'.join(losses)} train{'s' if len(losses) == 1 else ''} on: pass --loss-type "
+                    f"{'dpo' if 'dpo' in losses else losses[0]}")
+    return None
 
 
 def sequences_of(record, loss_type: str) -> list[tuple[list[Message], list[Message]]]:

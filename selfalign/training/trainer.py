@@ -89,8 +89,14 @@ def load_policy(cfg: TrainConfig, device: torch.device):
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=kwargs["dtype"],
                                                            bnb_4bit_use_double_quant=True)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     with loading(f"policy {cfg.model!r}"):
         model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), **kwargs)
+    if is_deepspeed_zero3_enabled():  # the accelerate config's zero3_init_flag: no rank held the whole model
+        log.warning("ZeRO-3: parameters partitioned while loading (zero.Init); this rank holds %d of %d values",
+                    sum(p.numel() for p in model.parameters()),
+                    sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.use_peft or cfg.load_in_4bit:
@@ -165,15 +171,22 @@ def share_prompt(cfg: TrainConfig) -> bool:
     return cfg.share_prompt_forward and not cfg.gradient_checkpointing
 
 
+def checkpoints(out_dir: Path) -> list[Path]:
+    """OUT/checkpoint-N folders (as transformers' Trainer names them), complete ones only, oldest first."""
+    done = [p for p in Path(out_dir).glob("checkpoint-*") if (p / "trainer_state.json").exists()
+            and p.name.split("-")[1].isdigit()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
 def _latest_checkpoint(out_dir: Path) -> Path | None:
-    done = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+    done = checkpoints(out_dir)
+    return done[-1] if done else None
 
 
 def _save_checkpoint(accelerator, out_dir: Path, step: int, epoch: int, batch_in_epoch: int, limit: int) -> None:
     """accelerate's full state (model, optimizer, scheduler, RNG) in a temporary folder, renamed when complete."""
-    final = out_dir / "checkpoints" / f"step-{step}"
-    tmp = out_dir / "checkpoints" / f".step-{step}.tmp"
+    final = out_dir / f"checkpoint-{step}"
+    tmp = out_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
@@ -182,8 +195,7 @@ def _save_checkpoint(accelerator, out_dir: Path, step: int, epoch: int, batch_in
     if accelerator.is_main_process:
         write_json(tmp / "trainer_state.json", {"global_step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch})
         os.replace(tmp, final)
-        old = sorted((p for p in final.parent.glob("step-*")), key=lambda p: int(p.name.split("-")[1]))
-        for p in old[:-limit]:
+        for p in checkpoints(out_dir)[:-limit]:
             shutil.rmtree(p, ignore_errors=True)
     accelerator.wait_for_everyone()
 
@@ -234,7 +246,8 @@ def check_output_folder(out_dir: Path, fingerprint: dict, force: bool) -> list[P
     """Resume only a run of the same configuration and data. Returns what another run left that `force` discards
     (the caller deletes it on the main process); reads only, so every rank raises alike."""
     saved_path = out_dir / "fingerprint.json"
-    left = [p for p in (out_dir / "checkpoints", out_dir / "final", out_dir / "metrics.jsonl") if p.exists()]
+    left = [*checkpoints(out_dir), *final_files(out_dir)]
+    left += [p for p in (out_dir / "checkpoints", out_dir / "final", out_dir / "metrics.jsonl") if p.exists()]
     if not left:
         return []
     saved = json.loads(saved_path.read_text()) if saved_path.exists() else None
@@ -395,7 +408,9 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
 
     seconds = time.perf_counter() - started
     accelerator.wait_for_everyone()
-    summary = _save_final(accelerator, model, tokenizer, cfg, out_dir)
+    card_data = {"data": {"pairs": f"{pairs_path} ({len(records)} records, split {split})", "steps": step},
+                 "metrics": {k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, (int, float))}}
+    summary = _save_final(accelerator, model, tokenizer, cfg, out_dir, card_data)
     summary.update(steps=step, seconds=seconds, world_size=world, records=len(records),
                    dropped_identical_pairs=identical, tokens=sum(m["tokens"] for m in history),
                    peak_memory_gb=peak_memory_gb(),
@@ -438,30 +453,63 @@ def require_finite(accelerator, value: torch.Tensor, what: str, step: int, out_d
     if float(accelerator.reduce(bad, reduction="sum")) == 0:
         return
     shown = float(value.detach().float().flatten()[0]) if value.numel() else float("nan")
-    kept = sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    kept = checkpoints(out_dir)
     where = f"the last finite checkpoint is {kept[-1]}" if kept else "no checkpoint was written before it"
     raise TrainingError(f"step {step}: the {what} is {shown} (not finite); training stopped before it changed the "
                         f"weights, {where}, and no final weights were written. Lower the learning rate or check beta, "
                         "the data and max_grad_norm")
 
 
-def _save_final(accelerator, model, tokenizer, cfg: TrainConfig, out_dir: Path) -> dict:
-    """Save the adapter (LoRA) or the full model to OUT/final, atomically; consolidates ZeRO-3 shards."""
-    from selfalign.models import resolve_model
+TRAINING_MARKER = "selfalign_training.json"  # written last: the final weights at OUT's root are complete
 
+
+def final_files(out_dir: Path) -> list[Path]:
+    """The final weights' files at OUT's root, as listed by the marker that completes them."""
+    marker = Path(out_dir) / TRAINING_MARKER
+    if not marker.exists():
+        return []
+    listed = json.loads(marker.read_text()).get("files", [])
+    return [p for p in (Path(out_dir) / name for name in listed) if p.exists()] + [marker]
+
+
+def portable_name(model: str) -> str:
+    """The base model as another machine names it: a hub id stays one, the embedded model is `default` (resolved at
+    load time), a local folder keeps its absolute path (only it can say where it lives)."""
+    from selfalign.models import DEFAULT_MODEL
+
+    if model == DEFAULT_MODEL or not Path(model).expanduser().exists():
+        return model
+    return str(Path(model).expanduser().resolve())
+
+
+def _save_final(accelerator, model, tokenizer, cfg: TrainConfig, out_dir: Path, card_data: dict) -> dict:
+    """Save the adapter (LoRA) or the full model at OUT's root, where `PeftModel.from_pretrained(base, OUT)` and
+    `from_pretrained(OUT)` look; consolidates ZeRO-3 shards. Files are written into a temporary folder and moved in
+    one by one, the marker listing them last: a kill leaves no marker, and a rerun writes them again."""
     state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions on the main process
-    final, tmp = out_dir / "final", out_dir / ".final.tmp"
+    tmp, base = out_dir / ".final.tmp", portable_name(cfg.model)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        (out_dir / TRAINING_MARKER).unlink(missing_ok=True)
         unwrapped = accelerator.unwrap_model(model)
         state_dict = split_value_head(unwrapped, state_dict, tmp)
         unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "selfalign_lineage.json", {"base_model": resolve_model(cfg.model), "loss_type": cfg.loss_type,
-                                                    "beta": cfg.beta, "use_peft": cfg.use_peft,
-                                                    "load_in_4bit": cfg.load_in_4bit})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if (tmp / "adapter_config.json").exists():  # not the local cache path of a dequantized GGUF
+            adapter_config = json.loads((tmp / "adapter_config.json").read_text())
+            write_json(tmp / "adapter_config.json", {**adapter_config, "base_model_name_or_path": base})
+        from selfalign.cards import training_card
+
+        settings = {k: v for k, v in cfg.model_dump(exclude={"model"}).items() if not isinstance(v, (dict, list))}
+        training_card(base, cfg.use_peft or cfg.load_in_4bit, cfg.loss_type, settings, card_data["data"],
+                      card_data["metrics"]).save(tmp / "README.md")
+        files = sorted(p.name for p in tmp.iterdir())
+        for name in files:
+            os.replace(tmp / name, out_dir / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(out_dir / TRAINING_MARKER, {"base_model": base, "loss_type": cfg.loss_type, "beta": cfg.beta,
+                                               "use_peft": cfg.use_peft, "load_in_4bit": cfg.load_in_4bit,
+                                               "files": files})
     accelerator.wait_for_everyone()
+    final = out_dir
     return {"output": str(final), "kind": "lora-adapter" if cfg.use_peft or cfg.load_in_4bit else "full-model"}

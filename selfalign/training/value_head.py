@@ -1,7 +1,7 @@
 """DRO's value head V(x): a linear map of the policy's prompt representation, trained beside the policy.
 
 It lives on the policy module (so DDP, checkpoints and resume carry it) under `VALUE_HEAD`, and is saved beside the
-policy as OUT/final/value_head.safetensors, never inside it: exports and merges do not see it.
+policy as OUT/value_head.safetensors, never inside it: exports and merges do not see it.
 """
 
 from __future__ import annotations

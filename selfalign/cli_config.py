@@ -1,0 +1,83 @@
+"""Command-line flags made from a config model's fields: one declaration (the field: its name, type, default and
+description) gives the flag, its help and the default `--help` shows. TRL users find TRL's names (`--loss-type`,
+`--use-peft`, `--lora-r`, `--max-length`, `--bf16`, `--gradient-checkpointing`, ...)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from typing import Optional
+
+import typer
+from pydantic import BaseModel
+
+_SCALARS = (bool, int, float, str)
+
+
+def _flag_type(annotation):
+    """The flag's Python type for a field's annotation, or None where only `--set` or `--config` can give it (lists,
+    mappings). Literal choices and Annotated types are read through."""
+    if annotation in _SCALARS:
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _flag_type(args[0])
+    if origin is typing.Literal:
+        return str if all(isinstance(a, str) for a in args) else None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        return _flag_type(inner[0]) if len(inner) == 1 else None
+    return None
+
+
+def _choices(annotation) -> list[str]:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _choices(args[0])
+    return [str(a) for a in args] if origin is typing.Literal else []
+
+
+def config_parameters(config: type[BaseModel], names: dict[str, tuple[str, ...]] | None = None,
+                      skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One keyword parameter per flag-able field, defaulting to None (not given: the config file's or the field's
+    value stands). `names`: flag declarations for a field (aliases; `--a/--b` for a boolean)."""
+    params = []
+    for name, field in config.model_fields.items():
+        kind = _flag_type(field.annotation)
+        if name in skip or kind is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        decls = (names or {}).get(name) or ((f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag,))
+        default = field.get_default(call_default_factory=True)
+        choices = _choices(field.annotation)
+        help_text = " ".join(part for part in [field.description or "", " | ".join(choices) if choices and
+                                                not (field.description or "").startswith(choices[0]) else ""] if part)
+        help_text = f"{help_text}  [default: {default}]".strip()
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                                        default=typer.Option(None, *decls, help=help_text)))
+    return params
+
+
+def with_config_flags(config: type[BaseModel], names: dict[str, tuple[str, ...]] | None = None,
+                      skip: tuple[str, ...] = ()):
+    """Decorate a command `f(..., options: dict)`: it gets a flag for every field of `config`, and receives the
+    given ones (None where not given) as `options`."""
+
+    def decorate(command):
+        own = inspect.signature(command, eval_str=True)
+        flags = config_parameters(config, names, skip)
+        taken = {p.name for p in flags}
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            options = {name: kwargs.pop(name) for name in taken}
+            return command(**kwargs, options=options)
+
+        kept = [p for p in own.parameters.values() if p.name != "options"]
+        wrapper.__signature__ = own.replace(parameters=kept + flags)
+        wrapper.__annotations__ = {p.name: p.annotation for p in kept + flags}
+        del wrapper.__wrapped__  # typer must read the new signature, not the command's
+        return wrapper
+
+    return decorate
