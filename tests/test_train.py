@@ -448,6 +448,11 @@ def test_two_process_run_ends_with_identical_weights(tmp_path, pairs_file, tiny_
     assert result.returncode == 0, result.stderr[-3000:]
     if launch == "zero2":
         assert "A build lock" in result.stderr and "'stale_op'" in result.stderr, result.stderr[-3000:]
+    if launch == "zero3":  # zero3_init_flag: each rank loaded only its shard, never the whole model
+        import re
+
+        held = re.findall(r"partitioned while loading \(zero.Init\); this rank holds (\d+) of (\d+)", result.stderr)
+        assert len(held) == 2 and all(int(mine) < int(total) for mine, total in held), result.stderr[-3000:]
     ranks = [json.loads((out / f"rank-{r}-checksum.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2], "accelerate must really start two processes"
     assert ranks[0]["sha256"] == ranks[1]["sha256"], "the ranks' weights diverged"
