@@ -14,10 +14,9 @@ from rich.text import Text
 
 from selfalign.cli_engine import (Backend, DataParallel, Dtype, EngineKwargs, GpuMemory, MaxModelLen, PrefixCaching,
                                   RayAddress, TensorParallel, engine_overrides)
-from selfalign.cli_utils import console, load_config, parse_set_options, print_error, setup_logging
+from selfalign.cli_utils import console, load_config, one_line, parse_set_options, print_error, setup_logging
 from selfalign.errors import ConfigError, SelfAlignError
 from selfalign.cli_config import with_config_flags
-from selfalign.losses import LOSSES
 from selfalign.training.config import TrainConfig
 from selfalign.training.heap import keep_freed_memory
 
@@ -245,7 +244,8 @@ def judge(
                         force=force)
     report = {"scorer": cfg.scorer, "mode": cfg.mode if cfg.scorer == "llm-judge" else None, **summarize(scored, stats)}
     write_report(out, report)
-    console.print(f"scored {len(scored)} samples -> {out}; {report}")
+    console.print(f"scored {len(scored)} samples -> {out}: {one_line(report)} (report: "
+                  f"{out.with_suffix('.report.json')})", soft_wrap=True)
 
 
 @app.command("build-pairs")
@@ -280,7 +280,8 @@ def build_pairs(
                             "was written")
     write_jsonl(out, records)
     write_report(out, report)
-    console.print(f"{report['records']} records from {report['prompts']} prompts -> {out}; {report}")
+    console.print(f"{report['records']} records from {report['prompts']} prompts -> {out}: {one_line(report)} "
+                  f"(report: {out.with_suffix('.report.json')})", soft_wrap=True)
 
 
 @app.command()

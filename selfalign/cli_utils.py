@@ -36,6 +36,22 @@ def print_error(message) -> None:
     console.print(Text("error: ", style="bold red") + Text(str(message)), soft_wrap=True)
 
 
+def one_line(report: dict, prefix: str = "") -> str:
+    """A stage's summary as one readable line (`scored 16, abstained 0, verdicts: verified 3, false 5`), not a
+    Python dict; None values are left out, nested mappings follow their key."""
+    parts = []
+    for key, value in report.items():
+        if value is None or value == {} or value == []:
+            continue
+        if isinstance(value, dict):
+            parts.append(f"{key}: {one_line(value)}")
+        elif isinstance(value, float):
+            parts.append(f"{key} {value:.4g}")
+        else:
+            parts.append(f"{key} {value}")
+    return prefix + ", ".join(parts)
+
+
 def fail(message: str) -> None:
     """Print a clear error and exit with status 2 (nothing is written by a failed command)."""
     print_error(message)

@@ -105,7 +105,7 @@ def _load_trained(weights: Path, base_model: str | None = None):
 def _read_json(path: Path) -> dict:
     """A lineage file; for an export's `selfalign_lineage.json`, a training output's `selfalign_training.json` beside
     it serves as well."""
-    from selfalign.training.trainer import TRAINING_MARKER
+    from selfalign.training.outputs import TRAINING_MARKER
 
     for candidate in (path, path.with_name(TRAINING_MARKER)):
         if candidate.exists():

@@ -131,7 +131,7 @@ def test_a_handbook_recipe_with_unknown_keys_names_them_all_in_one_line(tmp_path
 
 def test_the_base_model_is_recorded_portably():
     from selfalign.cards import training_card
-    from selfalign.training.trainer import portable_name
+    from selfalign.training.outputs import portable_name
 
     assert portable_name("default") == "default"
     assert portable_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -9,7 +9,6 @@ Launch on one process with `selfalign train ...`, or on many with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -17,26 +16,24 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from selfalign.errors import SelfAlignError
-from selfalign.io import records_sha256, write_json
+from selfalign.io import write_json
 from selfalign.losses import LOSSES
 from selfalign.progress import progress_bar
 from selfalign.training.build_locks import warn_stale_build_locks
 from selfalign.training.config import TrainConfig
 from selfalign.training.data import collate, read_preferences, record_kind, tokenize_records
 from selfalign.training.forward import batch_logps
-from selfalign.training.value_head import add_value_head, split_value_head, values_for
+from selfalign.training.outputs import (TrainingError, _latest_checkpoint, _save_checkpoint, _save_final,
+                                        _weights_checksum, check_output_folder, checkpoints, run_fingerprint)
+from selfalign.training.value_head import add_value_head, values_for
 from selfalign.training.objective import preference_loss
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(SelfAlignError, ValueError):
-    """Training cannot start: no data, too little data for a batch, or an output folder from another run."""
 
 
 def make_accelerator(cfg: TrainConfig, out_dir: Path):
@@ -171,35 +168,6 @@ def share_prompt(cfg: TrainConfig) -> bool:
     return cfg.share_prompt_forward and not cfg.gradient_checkpointing
 
 
-def checkpoints(out_dir: Path) -> list[Path]:
-    """OUT/checkpoint-N folders (as transformers' Trainer names them), complete ones only, oldest first."""
-    done = [p for p in Path(out_dir).glob("checkpoint-*") if (p / "trainer_state.json").exists()
-            and p.name.split("-")[1].isdigit()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    done = checkpoints(out_dir)
-    return done[-1] if done else None
-
-
-def _save_checkpoint(accelerator, out_dir: Path, step: int, epoch: int, batch_in_epoch: int, limit: int) -> None:
-    """accelerate's full state (model, optimizer, scheduler, RNG) in a temporary folder, renamed when complete."""
-    final = out_dir / f"checkpoint-{step}"
-    tmp = out_dir / f".checkpoint-{step}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json(tmp / "trainer_state.json", {"global_step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch})
-        os.replace(tmp, final)
-        for p in checkpoints(out_dir)[:-limit]:
-            shutil.rmtree(p, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
 def peak_memory_gb() -> float:
     """Peak GPU memory allocated by this process, or on CPU its peak resident set size."""
     if torch.cuda.is_available():
@@ -216,64 +184,45 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def _weights_checksum(model) -> str:
-    """A hash of every parameter, gathered first where ZeRO-3 holds only a shard on each rank."""
-    params = [p for p in model.parameters()]
-    gather = nullcontext()
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
+@dataclass
+class TrainingRun:
+    """One run's pieces, in the order setup makes them; the training loop advances `step`, `epoch` and `skip`."""
+    cfg: TrainConfig
+    out_dir: Path
+    accelerator: object
+    tokenizer: object
+    examples: list[dict]
+    total_steps: int
+    model: object = None
+    trainable: list = field(default_factory=list)
+    optimizer: object = None
+    scheduler: object = None
+    ref_model: object = None  # a live reference (full finetuning without a precomputed pass)
+    ref_cache: dict | None = None  # example index -> reference log-probs
+    reference_counts: dict = field(default_factory=dict)
+    step: int = 0
+    epoch: int = 0
+    skip: int = 0  # micro-batches of `epoch` already done (a resumed run)
 
-        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    digest = hashlib.sha256()
-    with gather:
-        for name, tensor in model.named_parameters():
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
 
-
-# Fields that change only how a run is logged or saved: a resumed run may change them.
-_BOOKKEEPING = {"report_to", "logging_steps", "save_steps", "save_total_limit", "record_rank_checksums"}
-
-
-def run_fingerprint(cfg: TrainConfig, records) -> dict:
-    """What a checkpoint in OUT depends on: the configuration and a hash of the training records."""
-    return {"config": cfg.model_dump(exclude=_BOOKKEEPING), "data_sha256": records_sha256(records),
-            "records": len(records)}
-
-
-def check_output_folder(out_dir: Path, fingerprint: dict, force: bool) -> list[Path]:
-    """Resume only a run of the same configuration and data. Returns what another run left that `force` discards
-    (the caller deletes it on the main process); reads only, so every rank raises alike."""
-    saved_path = out_dir / "fingerprint.json"
-    left = [*checkpoints(out_dir), *final_files(out_dir)]
-    left += [p for p in (out_dir / "checkpoints", out_dir / "final", out_dir / "metrics.jsonl") if p.exists()]
-    if not left:
-        return []
-    saved = json.loads(saved_path.read_text()) if saved_path.exists() else None
-    if saved == fingerprint:
-        return []
-    if not force:
-        if saved is None:
-            what = "training output with no fingerprint (from an older version or another tool)"
-        elif saved["data_sha256"] != fingerprint["data_sha256"]:
-            what = f"a run on other data ({saved['records']} records, not these {fingerprint['records']})"
-        else:
-            changed = sorted(k for k in fingerprint["config"] if saved["config"].get(k) != fingerprint["config"][k])
-            what = "a run with other settings (" + ", ".join(
-                f"{k}: {saved['config'].get(k)!r} there, {fingerprint['config'][k]!r} now" for k in changed[:3]) + ")"
-        raise TrainingError(f"{out_dir} holds {what}; it would resume from there. Use a new --out, or --force to "
-                            "discard it and start over")
-    return left
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
 
 
 def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: str = "train",
           force: bool = False) -> dict:
-    from transformers import get_scheduler
+    """Read the data, set up, train, save (torchtune's setup / train / cleanup). Returns the run's summary."""
+    records, identical = _read_training_records(cfg, pairs_path, split)  # bad input fails before anything is written
+    run = _setup(cfg, records, Path(out_dir), force, pairs_path)
+    history, seconds = _train_steps(run)
+    return _finish(run, history, seconds, records, identical, pairs_path, split)
 
-    from selfalign.models import load_tokenizer
-    # Data first: bad or empty input fails here, before anything is written.
-    out_dir = Path(out_dir)
+
+def _read_training_records(cfg: TrainConfig, pairs_path, split: str) -> tuple[list, int]:
     records = read_preferences(pairs_path, cfg.loss_type, split)
     identical = sum(1 for r in records if _no_preference(r))
     if identical:  # a pair with chosen == rejected has no gradient to give, only a misleading record count
@@ -284,6 +233,12 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
     if record_kind(cfg.loss_type).mismatched_column and len({r.prompt_id for r in records}) < 2:
         raise TrainingError(f"{pairs_path}: {cfg.loss_type} estimates its KL reference point from completions of "
                             "other prompts, and all records answer one prompt")
+    return records, identical
+
+
+def _setup(cfg: TrainConfig, records: list, out_dir: Path, force: bool, pairs_path) -> TrainingRun:
+    from selfalign.models import load_tokenizer
+
     fingerprint = run_fingerprint(cfg, records)
     accelerator = make_accelerator(cfg, out_dir)
     torch.manual_seed(cfg.seed)
@@ -295,13 +250,24 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
         write_json(out_dir / "train_config.json", cfg.model_dump())
         write_json(out_dir / "fingerprint.json", fingerprint)
     accelerator.wait_for_everyone()
-
     # Every preference record becomes a group of sequences for one forward.
     tokenizer = load_tokenizer(cfg.model)
     examples = tokenize_records(tokenizer, records, cfg.loss_type, cfg.max_length, cfg.max_prompt_length)
+    cfg, total_steps = _fit_batches(cfg, examples, accelerator, pairs_path)
+    run = TrainingRun(cfg, out_dir, accelerator, tokenizer, examples, total_steps)
+    _build_model(run, records)
+    _build_reference(run)
+    accelerator.init_trackers("selfalign", config={k: v for k, v in cfg.model_dump().items()
+                                                   if isinstance(v, (int, float, str, bool))})
+    _resume(run)
+    return run
+
+
+def _fit_batches(cfg: TrainConfig, examples: list[dict], accelerator, pairs_path) -> tuple[TrainConfig, int]:
+    """(the config, with a smaller batch where the data is smaller than one, as TRL trains; the run's total steps)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     batches_per_epoch = len(_batches(examples, cfg, 0, rank, world))
-    if batches_per_epoch == 0:  # fewer records than one batch: train on them all in a smaller one, as TRL does
+    if batches_per_epoch == 0:
         if len(examples) < world:
             raise TrainingError(f"{pairs_path}: {len(examples)} records are fewer than the {world} training processes")
         fitted = len(examples) // world
@@ -310,10 +276,15 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
         cfg = cfg.model_copy(update={"per_device_train_batch_size": fitted})
         batches_per_epoch = len(_batches(examples, cfg, 0, rank, world))
     steps_per_epoch = max(1, batches_per_epoch // cfg.gradient_accumulation_steps)
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
+    return cfg, cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
 
-    # Model, reference, optimizer.
-    model = load_policy(cfg, accelerator.device)
+
+def _build_model(run: TrainingRun, records: list) -> None:
+    """The policy (+ LoRA, + a value head for DRO), its optimizer and schedule, prepared by accelerate."""
+    from transformers import get_scheduler
+
+    cfg = run.cfg
+    model = load_policy(cfg, run.accelerator.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": trainable}]
     if LOSSES[cfg.loss_type].needs_value:
@@ -321,103 +292,130 @@ def train(cfg: TrainConfig, pairs_path: str | Path, out_dir: str | Path, split: 
         groups.append({"params": list(head.parameters()), "lr": cfg.value_learning_rate, "weight_decay": 0.0})
         trainable = trainable + list(head.parameters())
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_training_steps=run.total_steps,
+                              num_warmup_steps=int(cfg.warmup_ratio * run.total_steps))
     # Prepared before any forward: under ZeRO-3 the parameters are partitioned from loading on.
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ref_model, ref_cache, reference_counts = None, None, {}
-    if LOSSES[cfg.loss_type].needs_reference:
-        # The sampler's log-probs are the reference where they match the trainer's tokens; a pass before the first
-        # step (the weights are still the reference's) computes the rest.
-        in_use = examples_in_use(examples, cfg, rank, world, total_steps)
-        recorded = {e["index"]: torch.tensor(e["sampler_reference"]) for e in in_use
-                    if cfg.sampler_reference and e["sampler_reference"] is not None}
-        missing = [e for e in in_use if e["index"] not in recorded]
-        reference_counts = {"from_sampler": len(recorded), "computed": len(missing),
-                            "not_reached": len(examples) - len(in_use)}
-        if recorded:
-            accelerator.print(f"reference log-probs: {len(recorded)} records from the sampler, {len(missing)} computed")
-        if cfg.precompute_ref_log_probs or recorded:
-            ref_cache = {**recorded, **(reference_logps(model, accelerator.unwrap_model(model), missing, cfg,
-                                                        tokenizer.pad_token_id, accelerator.device) if missing else {})}
-        elif not hasattr(accelerator.unwrap_model(model), "disable_adapter"):
-            if accelerator.state.deepspeed_plugin is not None:
-                raise TrainingError("a live reference with full finetuning is not supported under DeepSpeed: set "
-                                 "precompute_ref_log_probs: true")
-            ref_model = load_policy(cfg.model_copy(update={"use_peft": False, "gradient_checkpointing": False}),
+    run.model, run.optimizer, run.scheduler = run.accelerator.prepare(model, optimizer, scheduler)
+    run.trainable = trainable
+
+
+def _build_reference(run: TrainingRun) -> None:
+    """The sampler's log-probs are the reference where they match the trainer's tokens; a pass before the first step
+    (the weights are still the reference's) computes the rest, or a live reference model does."""
+    cfg, accelerator, model = run.cfg, run.accelerator, run.model
+    if not LOSSES[cfg.loss_type].needs_reference:
+        return
+    in_use = examples_in_use(run.examples, cfg, run.rank, run.world, run.total_steps)
+    recorded = {e["index"]: torch.tensor(e["sampler_reference"]) for e in in_use
+                if cfg.sampler_reference and e["sampler_reference"] is not None}
+    missing = [e for e in in_use if e["index"] not in recorded]
+    run.reference_counts = {"from_sampler": len(recorded), "computed": len(missing),
+                            "not_reached": len(run.examples) - len(in_use)}
+    if recorded:
+        accelerator.print(f"reference log-probs: {len(recorded)} records from the sampler, {len(missing)} computed")
+    if cfg.precompute_ref_log_probs or recorded:
+        computed = reference_logps(model, accelerator.unwrap_model(model), missing, cfg, run.tokenizer.pad_token_id,
+                                   accelerator.device) if missing else {}
+        run.ref_cache = {**recorded, **computed}
+    elif not hasattr(accelerator.unwrap_model(model), "disable_adapter"):
+        if accelerator.state.deepspeed_plugin is not None:
+            raise TrainingError("a live reference with full finetuning is not supported under DeepSpeed: set "
+                                "precompute_ref_log_probs: true")
+        run.ref_model = load_policy(cfg.model_copy(update={"use_peft": False, "gradient_checkpointing": False}),
                                     accelerator.device).to(accelerator.device).eval().requires_grad_(False)
-    accelerator.init_trackers("selfalign", config={k: v for k, v in cfg.model_dump().items()
-                                                   if isinstance(v, (int, float, str, bool))})
 
-    # Resume: restore the full state and skip the micro-batches already done.
-    step, start_epoch, skip = 0, 0, 0
-    checkpoint = _latest_checkpoint(out_dir)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        step, start_epoch, skip = state["global_step"], state["epoch"], state["batch_in_epoch"]
-        accelerator.print(f"resumed from {checkpoint} at step {step}")
 
-    metrics_path = out_dir / "metrics.jsonl"
+def _resume(run: TrainingRun) -> None:
+    """Restore the full state of the last checkpoint and skip the micro-batches already done."""
+    checkpoint = _latest_checkpoint(run.out_dir)
+    if checkpoint is None:
+        return
+    run.accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    run.step, run.epoch, run.skip = state["global_step"], state["epoch"], state["batch_in_epoch"]
+    run.accelerator.print(f"resumed from {checkpoint} at step {run.step}")
+
+
+def _train_steps(run: TrainingRun) -> tuple[list[dict], float]:
+    """Optimizer steps until `total_steps`: micro-batches accumulate, each step is logged and checkpointed."""
+    cfg, accelerator = run.cfg, run.accelerator
     history, started, step_tokens = [], time.perf_counter(), 0
-    model.train()
-    epoch = start_epoch
-    bar = progress_bar(total=total_steps, initial=step, desc="train", unit="steps",
+    run.model.train()
+    bar = progress_bar(total=run.total_steps, initial=run.step, desc="train", unit="steps",
                        disable=not accelerator.is_main_process)
-    while step < total_steps:
-        batches = _batches(examples, cfg, epoch, rank, world)
-        for batch_in_epoch, chunk in enumerate(batches):
-            if batch_in_epoch < skip:
+    while run.step < run.total_steps:
+        for batch_in_epoch, chunk in enumerate(_batches(run.examples, cfg, run.epoch, run.rank, run.world)):
+            if batch_in_epoch < run.skip:
                 continue
-            batch = collate(chunk, tokenizer.pad_token_id)
-            step_tokens += int(batch["attention_mask"].sum()) * world
-            with accelerator.accumulate(model):
-                logps, lengths = policy_logps(model, chunk, batch, tokenizer.pad_token_id, accelerator.device, cfg)
-                group = batch["group_size"]
-                ref = _reference_for(batch, ref_cache, ref_model, model, accelerator, cfg, group)
-                values = values_for(batch, model, accelerator, cfg, group)
-                loss, metrics = preference_loss(cfg, logps, ref, lengths, batch, values)
-                require_finite(accelerator, loss, "loss", step + 1, out_dir)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                    require_finite(accelerator, torch.as_tensor(norm), "gradient norm", step + 1, out_dir)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+            batch = collate(chunk, run.tokenizer.pad_token_id)
+            step_tokens += int(batch["attention_mask"].sum()) * run.world
+            metrics = _micro_step(run, chunk, batch)
             if not accelerator.sync_gradients:
                 continue
-            step += 1
+            run.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
-            metrics.update(step=step, epoch=epoch, learning_rate=scheduler.get_last_lr()[0], tokens=step_tokens)
+            metrics.update(step=run.step, epoch=run.epoch, learning_rate=run.scheduler.get_last_lr()[0],
+                           tokens=step_tokens)
             step_tokens = 0
             history.append(metrics)
-            if step % cfg.logging_steps == 0 or step == total_steps:
-                accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
-                if accelerator.is_main_process:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(metrics) + "\n")
-            if step % cfg.save_steps == 0 and step < total_steps:
-                _save_checkpoint(accelerator, out_dir, step, epoch, batch_in_epoch + 1, cfg.save_total_limit)
-            if step >= total_steps:
+            _log_step(run, metrics)
+            if run.step % cfg.save_steps == 0 and run.step < run.total_steps:
+                _save_checkpoint(accelerator, run.out_dir, run.step, run.epoch, batch_in_epoch + 1,
+                                 cfg.save_total_limit)
+            if run.step >= run.total_steps:
                 break
-        skip = 0
-        epoch += 1
+        run.skip = 0
+        run.epoch += 1
     bar.close()
+    return history, time.perf_counter() - started
 
-    seconds = time.perf_counter() - started
+
+def _micro_step(run: TrainingRun, chunk: list[dict], batch: dict) -> dict:
+    """One forward over all of the batch's sequences, the loss, the backward; the optimizer steps when accumulation
+    is complete. Stops before a non-finite loss or gradient reaches the weights."""
+    cfg, accelerator, model = run.cfg, run.accelerator, run.model
+    with accelerator.accumulate(model):
+        logps, lengths = policy_logps(model, chunk, batch, run.tokenizer.pad_token_id, accelerator.device, cfg)
+        group = batch["group_size"]
+        ref = _reference_for(batch, run.ref_cache, run.ref_model, model, accelerator, cfg, group)
+        values = values_for(batch, model, accelerator, cfg, group)
+        loss, metrics = preference_loss(cfg, logps, ref, lengths, batch, values)
+        require_finite(accelerator, loss, "loss", run.step + 1, run.out_dir)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+            norm = accelerator.clip_grad_norm_(run.trainable, cfg.max_grad_norm)
+            require_finite(accelerator, torch.as_tensor(norm), "gradient norm", run.step + 1, run.out_dir)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    return metrics
+
+
+def _log_step(run: TrainingRun, metrics: dict) -> None:
+    if run.step % run.cfg.logging_steps == 0 or run.step == run.total_steps:
+        run.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=run.step)
+        if run.accelerator.is_main_process:
+            with open(run.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+
+def _finish(run: TrainingRun, history: list[dict], seconds: float, records: list, identical: int, pairs_path,
+            split: str) -> dict:
+    """Save the final weights with their card, the summary, and (for tests) each rank's weight checksum."""
+    accelerator, out_dir = run.accelerator, run.out_dir
     accelerator.wait_for_everyone()
-    card_data = {"data": {"pairs": f"{pairs_path} ({len(records)} records, split {split})", "steps": step},
-                 "metrics": {k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, (int, float))}}
-    summary = _save_final(accelerator, model, tokenizer, cfg, out_dir, card_data)
-    summary.update(steps=step, seconds=seconds, world_size=world, records=len(records),
+    last = history[-1] if history else {}
+    card_data = {"data": {"pairs": f"{pairs_path} ({len(records)} records, split {split})", "steps": run.step},
+                 "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
+    summary = _save_final(accelerator, run.model, run.tokenizer, run.cfg, out_dir, card_data)
+    summary.update(steps=run.step, seconds=seconds, world_size=run.world, records=len(records),
                    dropped_identical_pairs=identical, tokens=sum(m["tokens"] for m in history),
-                   peak_memory_gb=peak_memory_gb(),
-                   final_metrics=history[-1] if history else {}, reference=reference_counts)
-    if cfg.record_rank_checksums:
-        write_json(out_dir / f"rank-{rank}-checksum.json", {"rank": rank, "world_size": world,
-                                                            "sha256": _weights_checksum(accelerator.unwrap_model(model))})
+                   peak_memory_gb=peak_memory_gb(), final_metrics=last, reference=run.reference_counts)
+    if run.cfg.record_rank_checksums:
+        checksum = _weights_checksum(accelerator.unwrap_model(run.model))
+        write_json(out_dir / f"rank-{run.rank}-checksum.json", {"rank": run.rank, "world_size": run.world,
+                                                                "sha256": checksum})
     if accelerator.is_main_process:
         write_json(out_dir / "train_summary.json", summary)
     accelerator.end_training()
@@ -460,56 +458,3 @@ def require_finite(accelerator, value: torch.Tensor, what: str, step: int, out_d
                         "the data and max_grad_norm")
 
 
-TRAINING_MARKER = "selfalign_training.json"  # written last: the final weights at OUT's root are complete
-
-
-def final_files(out_dir: Path) -> list[Path]:
-    """The final weights' files at OUT's root, as listed by the marker that completes them."""
-    marker = Path(out_dir) / TRAINING_MARKER
-    if not marker.exists():
-        return []
-    listed = json.loads(marker.read_text()).get("files", [])
-    return [p for p in (Path(out_dir) / name for name in listed) if p.exists()] + [marker]
-
-
-def portable_name(model: str) -> str:
-    """The base model as another machine names it: a hub id stays one, the embedded model is `default` (resolved at
-    load time), a local folder keeps its absolute path (only it can say where it lives)."""
-    from selfalign.models import DEFAULT_MODEL
-
-    if model == DEFAULT_MODEL or not Path(model).expanduser().exists():
-        return model
-    return str(Path(model).expanduser().resolve())
-
-
-def _save_final(accelerator, model, tokenizer, cfg: TrainConfig, out_dir: Path, card_data: dict) -> dict:
-    """Save the adapter (LoRA) or the full model at OUT's root, where `PeftModel.from_pretrained(base, OUT)` and
-    `from_pretrained(OUT)` look; consolidates ZeRO-3 shards. Files are written into a temporary folder and moved in
-    one by one, the marker listing them last: a kill leaves no marker, and a rerun writes them again."""
-    state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions on the main process
-    tmp, base = out_dir / ".final.tmp", portable_name(cfg.model)
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        (out_dir / TRAINING_MARKER).unlink(missing_ok=True)
-        unwrapped = accelerator.unwrap_model(model)
-        state_dict = split_value_head(unwrapped, state_dict, tmp)
-        unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if (tmp / "adapter_config.json").exists():  # not the local cache path of a dequantized GGUF
-            adapter_config = json.loads((tmp / "adapter_config.json").read_text())
-            write_json(tmp / "adapter_config.json", {**adapter_config, "base_model_name_or_path": base})
-        from selfalign.cards import training_card
-
-        settings = {k: v for k, v in cfg.model_dump(exclude={"model"}).items() if not isinstance(v, (dict, list))}
-        training_card(base, cfg.use_peft or cfg.load_in_4bit, cfg.loss_type, settings, card_data["data"],
-                      card_data["metrics"]).save(tmp / "README.md")
-        files = sorted(p.name for p in tmp.iterdir())
-        for name in files:
-            os.replace(tmp / name, out_dir / name)
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_json(out_dir / TRAINING_MARKER, {"base_model": base, "loss_type": cfg.loss_type, "beta": cfg.beta,
-                                               "use_peft": cfg.use_peft, "load_in_4bit": cfg.load_in_4bit,
-                                               "files": files})
-    accelerator.wait_for_everyone()
-    final = out_dir
-    return {"output": str(final), "kind": "lora-adapter" if cfg.use_peft or cfg.load_in_4bit else "full-model"}
