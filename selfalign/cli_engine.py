@@ -24,7 +24,8 @@ PrefixCaching = Annotated[Optional[bool], typer.Option(
     "--enable-prefix-caching/--no-prefix-caching", help="vLLM: reuse shared prompt prefixes' KV cache  "
     "[default: vLLM's]", rich_help_panel="Engine layout", show_default=False)]
 EngineKwargs = Annotated[Optional[str], typer.Option(
-    help="JSON object of other engine arguments (vLLM EngineArgs fields), checked by name before a model loads",
+    help="JSON object of other engine arguments (vLLM EngineArgs fields), checked by name before a model loads  "
+         "[default: none]",
     rich_help_panel="Engine layout")]
 Backend = Annotated[Optional[str], typer.Option(
     help="local | ray: replicas as local processes or as Ray actors  [default: local]",

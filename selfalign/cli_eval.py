@@ -19,7 +19,11 @@ eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
                        "compare two runs.")
 
 
-SELECT_HELP = "mbr | self-verify: answer with one of --n samples, chosen by MBR consensus or by the model's own rating"
+SELECT_HELP = ("mbr | self-verify: answer with one of --n samples, chosen by MBR consensus or by the model's own "
+               "rating  [default: none, the greedy answer]")
+LIMIT_HELP = "only the first N items  [default: all]"
+CONFIG_HELP = "protocol YAML  [default: evals/<benchmark>.yaml]"
+JUDGE_URL_HELP = "the judge's OpenAI-compatible endpoint (.../v1)  [default: none, a local judge]"
 UTILITY_HELP = "--select mbr: chrf | rouge-l | bleu | embedding | llm-judge  [default: chrf]"
 
 
@@ -111,7 +115,7 @@ def _one_line(numbers: dict) -> str:
 def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(...),
                data: Optional[Path] = typer.Option(None, help="local JSONL {question, answer} (default: the hub)"),
                config: Optional[Path] = typer.Option(None, help="protocol YAML (default: evals/gsm8k.yaml)"),
-               limit: Optional[int] = None, engine: str = "auto",
+               limit: Optional[int] = typer.Option(None, help=LIMIT_HELP), engine: str = "auto",
                select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
@@ -135,10 +139,12 @@ def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(..
 
 @eval_app.command("mt-bench")
 def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option(...),
-                  data: Optional[Path] = typer.Option(None, help="FastChat-layout folder"),
-                  judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name"),
-                  judge_base_url: Optional[str] = None, judge_api_key_env: str = "OPENAI_API_KEY",
-                  config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto",
+                  data: Optional[Path] = typer.Option(None, help="FastChat-layout folder  [default: none; required for mt-bench]"),
+                  judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  [default: the evaluated model]"),
+                  judge_base_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
+                  judge_api_key_env: str = "OPENAI_API_KEY",
+                  config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+                  limit: Optional[int] = typer.Option(None, help=LIMIT_HELP), engine: str = "auto",
                   select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                   utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                   n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
@@ -156,9 +162,11 @@ def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option
 @eval_app.command("alpaca-eval")
 def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(...),
                 data: Optional[Path] = typer.Option(None, help="alpaca_eval folder (default: the hub)"),
-                judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name"),
-                judge_base_url: Optional[str] = None, judge_api_key_env: str = "OPENAI_API_KEY",
-                config: Optional[Path] = None, limit: Optional[int] = None, engine: str = "auto",
+                judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  [default: the evaluated model]"),
+                judge_base_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
+                judge_api_key_env: str = "OPENAI_API_KEY",
+                config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+                limit: Optional[int] = typer.Option(None, help=LIMIT_HELP), engine: str = "auto",
                 select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                 utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                 n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
@@ -176,11 +184,12 @@ def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(.
 @eval_app.command("heldout")
 def eval_heldout(model: str = typer.Option("default", help="the policy to evaluate"),
                  out: Path = typer.Option(..., help="eval.json, written atomically"),
-                 config: Optional[Path] = typer.Option(None, help="YAML/JSON with held-out fields (a recipe's `eval:`)"),
-                 data: Optional[str] = typer.Option(None, help="JSONL of {prompt, answer}"),
-                 limit: Optional[int] = None, k: Optional[int] = typer.Option(None, help="samples for majority@k"),
+                 config: Optional[Path] = typer.Option(None, help="YAML/JSON with held-out fields (a recipe's `eval:`)  [default: none]"),
+                 data: Optional[str] = typer.Option(None, help="JSONL of {prompt, answer}  [default: --config's data]"),
+                 limit: Optional[int] = typer.Option(None, help=LIMIT_HELP),
+                 k: Optional[int] = typer.Option(None, help="samples for majority@k (0: greedy only)  [default: 8]"),
                  select: Optional[str] = typer.Option(None, help="mbr | self-verify: also the accuracy of one of the "
-                                                      "k samples chosen this way"),
+                                                      "k samples chosen this way  [default: none]"),
                  utility: Optional[str] = typer.Option(None, help="--select mbr: chrf | rouge-l | bleu | embedding | "
                                                        "llm-judge  [default: chrf]"),
                  engine: str = "auto", seed: int = 0,

@@ -137,3 +137,23 @@ def test_the_base_model_is_recorded_portably():
     assert portable_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     card = training_card("default", True, "dpo", {"beta": 0.1}, {"pairs": "p.jsonl"}, {"loss": 0.69})
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "Q4_1" in card.text
+
+
+def test_every_option_of_every_command_shows_its_default():
+    """typer prints a default it knows; an option whose default means "not given" says what applies in its help."""
+    def commands(group, prefix=""):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from commands(command, prefix + name + " ")
+            else:
+                yield prefix + name, command
+
+    silent = []
+    for name, command in commands(typer.main.get_command(app)):
+        for p in command.params:
+            if p.param_type_name != "option" or p.required or getattr(p, "hidden", False):
+                continue
+            if p.default not in (None, (), []) or "default:" in (p.help or ""):
+                continue
+            silent.append(f"{name} {p.opts[0]}")
+    assert silent == [], silent
