@@ -169,7 +169,7 @@ def generate(
         Console().print(table)
 
 
-@app.command("policy-jobs")
+@app.command("policy-jobs", hidden=True)  # the loop's engine server, not a user command
 def policy_jobs(jobs: Optional[Path] = typer.Option(None, help="YAML/JSON: model, engine, seed and a list of "
                                                     "generate / eval-heldout jobs  [default: none, read from --serve's stdin]"),
                 serve: bool = typer.Option(False, "--serve", help="keep one engine and run the job files named on "
@@ -325,6 +325,7 @@ def judge_train(
     verdicts: Optional[int] = typer.Option(None, help="sampled verdicts per pair and position  [default: 4]"),
     engine: str = typer.Option("auto", help="hf | vllm | auto"),
     set_: list[str] = typer.Option([], "--set", help="a field of the judge's training (TrainConfig), key=value  [default: none]"),
+    force: bool = typer.Option(False, help="OUT holds a run with other prompts or settings: discard it"),
 ) -> None:
     """Self-Taught Evaluator: the judge learns from its own verdicts on contrasting pairs of known order."""
     from selfalign.judge_train import train_judge
@@ -337,7 +338,7 @@ def judge_train(
                                                        **parse_set_options(set_)})
         cfg = cfg.model_copy(update={"train": train_cfg})
     keep_freed_memory()  # it trains in this process
-    summary = train_judge(prompts, out, judge_model, iterations, cfg, engine, console)
+    summary = train_judge(prompts, out, judge_model, iterations, cfg, engine, console, force=force)
     for t, row in summary["iterations"].items():
         console.print(f"judge {t}: accuracy {row['accuracy']} (95% interval {row['accuracy_ci95']}), position "
                       f"consistency {row['position_consistency']}, abstained {row['abstained']}")

@@ -6,16 +6,18 @@
                    -> accuracy of judge t on the held-out pairs
 
 Every step writes its file atomically and is skipped when its file exists, so a rerun after a kill continues; the
-trainer resumes from its own checkpoints. OUT/summary.json lists each judge's accuracy and position consistency.
+trainer resumes from its own checkpoints. OUT/fingerprint.json (the prompts' hash, the starting judge, the settings)
+must match before anything in OUT is reused: other prompts or settings are refused, or discarded with `force`. OUT/summary.json lists each judge's accuracy and position consistency.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import read_jsonl, write_json, write_jsonl
+from selfalign.io import read_jsonl, records_sha256, write_json, write_jsonl
 from selfalign.judging.self_taught import (ContrastPair, SelfTaughtConfig, Verdict, build_contrast_pairs,
                                            judge_accuracy, judge_verdicts, verdict_pairs)
 from selfalign.records import PromptRecord
@@ -33,8 +35,32 @@ def _accuracy(engine, heldout: list[ContrastPair], cfg: SelfTaughtConfig, path: 
     return json.loads(path.read_text())
 
 
+def check_fingerprint(out: Path, prompts: list[PromptRecord], judge_model: str, cfg: SelfTaughtConfig,
+                      force: bool = False) -> None:
+    """Reuse OUT's files only for the same prompts, starting judge and settings (more iterations may be added)."""
+    fingerprint = {"prompts_sha256": records_sha256(prompts), "judge_model": judge_model,
+                   "settings": cfg.model_dump(mode="json")}
+    path = out / "fingerprint.json"
+    saved = json.loads(path.read_text()) if path.exists() else None
+    ours = [out / "contrast.jsonl", out / "summary.json", *sorted(out.glob("iter_[0-9][0-9]"))]
+    if saved != fingerprint and any(p.exists() for p in ours):
+        if not force:
+            if saved is None:
+                what = "judge-train files with no fingerprint"
+            else:
+                changed = [k for k in ("prompts_sha256", "judge_model") if saved.get(k) != fingerprint[k]]
+                changed += [f"settings.{k}" for k in fingerprint["settings"]
+                            if saved.get("settings", {}).get(k) != fingerprint["settings"][k]]
+                what = "a judge-train run with other " + ", ".join(changed[:4])
+            raise JudgeTrainError(f"{out} holds {what}; reusing its verdicts would mix two runs. Use a new --out, or "
+                                  "--force to discard them")
+        for p in ours:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    write_json(path, fingerprint)
+
+
 def train_judge(prompts_path: str | Path, out_dir: str | Path, judge_model: str, iterations: int,
-                cfg: SelfTaughtConfig, engine_name: str = "auto", console=None) -> dict:
+                cfg: SelfTaughtConfig, engine_name: str = "auto", console=None, force: bool = False) -> dict:
     from selfalign.export import export
     from selfalign.generation import get_engine
     from selfalign.io import require_records
@@ -43,6 +69,7 @@ def train_judge(prompts_path: str | Path, out_dir: str | Path, judge_model: str,
     say = console.print if console is not None else print
     out = Path(out_dir)
     prompts = require_records(read_jsonl(prompts_path, PromptRecord), prompts_path, "prompts")
+    check_fingerprint(out, prompts, judge_model, cfg, force)
     engine = get_engine(engine_name, judge_model, seed=cfg.seed)
     contrast_path = out / "contrast.jsonl"
     if not contrast_path.exists():

@@ -92,3 +92,29 @@ def test_judge_train_end_to_end_on_the_default_model(tmp_path):
     assert "judge 1: accuracy" in result.stdout + result.stderr
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # everything on disk: nothing redone
     assert rerun.returncode == 0 and json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_judge_train_reuses_its_folder_only_for_the_same_prompts_and_settings(tmp_path):
+    from selfalign.judge_train import JudgeTrainError, check_fingerprint
+    from selfalign.judging.self_taught import SelfTaughtConfig
+    from selfalign.records import PromptRecord
+
+    first = [PromptRecord(prompt="Write a haiku."), PromptRecord(prompt="Name a river.")]
+    other = [PromptRecord(prompt="Write a limerick.")]
+    cfg = SelfTaughtConfig(heldout=1)
+    check_fingerprint(tmp_path, first, "default", cfg)
+    (tmp_path / "contrast.jsonl").write_text("{}\n")
+    (tmp_path / "iter_01").mkdir()
+    check_fingerprint(tmp_path, first, "default", cfg)  # the same run: its files are kept for the rerun
+    assert (tmp_path / "contrast.jsonl").exists()
+    with pytest.raises(JudgeTrainError, match="other prompts_sha256"):
+        check_fingerprint(tmp_path, other, "default", cfg)
+    with pytest.raises(JudgeTrainError, match="settings.verdicts"):
+        check_fingerprint(tmp_path, first, "default", cfg.model_copy(update={"verdicts": 2}))
+    assert (tmp_path / "contrast.jsonl").exists(), "a refusal touches nothing"
+    check_fingerprint(tmp_path, other, "default", cfg, force=True)
+    assert not (tmp_path / "contrast.jsonl").exists() and not (tmp_path / "iter_01").exists()
+    (tmp_path / "fingerprint.json").unlink()
+    (tmp_path / "contrast.jsonl").write_text("{}\n")
+    with pytest.raises(JudgeTrainError, match="no fingerprint"):
+        check_fingerprint(tmp_path, other, "default", cfg)
