@@ -102,6 +102,20 @@ def _load_trained(weights: Path, base_model: str | None = None):
     return model, model, base_model, resolve_model(base_model)
 
 
+def require_finite_weights(model, weights: Path) -> None:
+    """Refuse weights holding NaN or inf, naming the tensors (a merge would spread them into every layer)."""
+    bad = []
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()})")
+    if bad:
+        raise ExportError(f"{weights}: {len(bad)} tensor(s) hold values that are not finite (NaN or inf): "
+                          f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; nothing was exported. Training "
+                          "diverged before these weights were saved: train again with a lower learning rate")
+
+
 def _read_json(path: Path) -> dict:
     """A lineage file; for an export's `selfalign_lineage.json`, a training output's `selfalign_training.json` beside
     it serves as well."""
@@ -149,6 +163,7 @@ def export(source: str | Path, out: str | Path, dtype: str = "float32", iteratio
         raise ExportError(f"{out} is not empty; pass --force to replace it")
     weights = find_weights(Path(source), iteration)
     reference_model, merged, base, tokenizer_source = load_trained(weights, base_model)
+    require_finite_weights(reference_model, weights)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
     reference_logits = _logits(reference_model, tokenizer)
     if merged is None:

@@ -184,3 +184,24 @@ def test_exported_folder_loads_in_vllm(lora_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = next(line for line in result.stdout.splitlines() if line.startswith("VLLM_TEXT"))
     assert len(text) > len("VLLM_TEXT ''")
+
+
+def test_export_names_the_tensors_that_are_not_finite(tmp_path, tiny_model_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from selfalign.cli import app
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_path, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    name = next(k for k in weights if "layers.1.mlp.down_proj" in k)
+    weights[name][0, :3] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    result = CliRunner().invoke(app, ["export", str(broken), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    message = " ".join(result.output.split())
+    assert "1 tensor(s) hold values that are not finite" in message and "layers.1.mlp.down_proj" in message
+    assert "(3 of" in message and not (tmp_path / "out").exists()
