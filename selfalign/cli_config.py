@@ -21,6 +21,11 @@ def _flag_type(annotation):
     if annotation in _SCALARS:
         return annotation
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and args and args[0] in _SCALARS:
+        return annotation  # a repeatable flag
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and any(
+            typing.get_origin(a) is list for a in args):
+        return next(a for a in args if typing.get_origin(a) is list)  # list[str] | str: repeat it, or give one
     if origin is typing.Annotated:
         return _flag_type(args[0])
     if origin is typing.Literal:
@@ -71,7 +76,9 @@ def with_config_flags(config: type[BaseModel], names: dict[str, tuple[str, ...]]
 
         @functools.wraps(command)
         def wrapper(**kwargs):
-            options = {name: kwargs.pop(name) for name in taken}
+            # a repeatable flag not given arrives as an empty list: not given, like the others' None
+            options = {name: (kwargs.pop(name) or None) if isinstance(kwargs.get(name), (list, tuple))
+                       else kwargs.pop(name) for name in taken}
             return command(**kwargs, options=options)
 
         kept = [p for p in own.parameters.values() if p.name != "options"]

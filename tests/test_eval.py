@@ -210,7 +210,21 @@ def test_gsm8k_cli_on_local_slice(tmp_path, shared_data):
                                  "--config", str(config), "--engine", "hf"])
     assert result.exit_code == 0, result.output
     numbers = json.loads((out / "results.json").read_text())["numbers"]
-    assert numbers["n"] == 3 and set(numbers) >= {"strict-match", "flexible-extract"}
+    assert numbers["n"] == 3 and set(numbers) >= {"strict-match", "flexible-extract", "strict-match_stderr",
+                                                  "flexible-extract_stderr"}
+    items = [json.loads(line) for line in (out / "samples_gsm8k.jsonl").read_text().splitlines()]
+    assert [i["doc_id"] for i in items] == [0, 1, 2]
+    assert sum(i["exact_match,flexible-extract"] for i in items) / 3 == pytest.approx(numbers["flexible-extract"])
+    assert "wrote " in result.output and "samples_gsm8k.jsonl" in result.output and "strict-match_stderr" not in \
+        result.output and "±" in result.output  # one line of numbers with their standard errors
+    # lm-eval's knobs: 2 of the 8 exemplars as a multi-turn chat, a shorter generation, smaller steps
+    again = runner.invoke(app, ["eval", "gsm8k", "--model", "default", "--out", str(tmp_path / "g2"), "--data",
+                                str(data), "--config", str(config), "--engine", "hf", "--num-fewshot", "2",
+                                "--max-new-tokens", "8", "--batch-size", "2"])
+    assert again.exit_code == 0, again.output
+    settings = json.loads((tmp_path / "g2" / "results.json").read_text())["settings"]["protocol"]
+    assert settings["style"] == "fewshot_cot" and len(settings["fewshot_exemplars"]) == 2
+    assert settings["generation"]["max_new_tokens"] == 8 and settings["batch_size"] == 2
 
 
 def test_evaluators_answer_with_the_selected_sample(tmp_path, shared_data, tiny_model_path):

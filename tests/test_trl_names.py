@@ -29,8 +29,10 @@ def test_every_scalar_train_config_field_is_a_flag_with_its_default_shown():
         assert f"[default: {TrainConfig.model_fields[name].get_default()}]" in options[name].help, name
     assert "--loss-type" in options["loss_type"].opts and "--loss" in options["loss_type"].opts
     assert {"--use-peft", "--lora"} <= set(options["use_peft"].opts) and "--full" in options["use_peft"].secondary_opts
-    scalar = {n for n, f in TrainConfig.model_fields.items() if f.annotation in (int, float, str, bool)}
-    assert scalar <= set(options), scalar - set(options)
+    assert set(TrainConfig.model_fields) <= set(options), set(TrainConfig.model_fields) - set(options)
+    assert options["report_to"].multiple and options["lora_target_modules"].multiple
+    assert TrainConfig(report_to="none").report_to == [] and TrainConfig(report_to=["none"]).report_to == []
+    assert TrainConfig(lora_target_modules=["all-linear"]).lora_target_modules == "all-linear"
 
 
 @pytest.mark.parametrize("given, expected", [("sigmoid", "dpo"), ("sigmoid_norm", "ln_dpo"), ("ipo", "ipo")])
@@ -100,11 +102,13 @@ def test_an_alignment_handbook_recipe_trains_and_its_adapter_loads_with_peft(tmp
     write_jsonl(pairs, _pairs(4))
     out = tmp_path / "out"
     result = runner.invoke(app, ["train", "--pairs", str(pairs), "--out", str(out), "--config", str(recipe),
-                                 "--loss-type", "sigmoid", "--lora-r", "8"])
+                                 "--loss-type", "sigmoid", "--lora-r", "8", "--report-to", "none",
+                                 "--lora-target-modules", "q_proj", "--lora-target-modules", "v_proj"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "train_config.json").read_text())
     assert (saved["model"], saved["dtype"], saved["beta"], saved["lora_r"], saved["loss_type"], saved["max_length"]) \
         == (tiny_model_path, "bfloat16", 0.05, 8, "dpo", 256)
+    assert saved["report_to"] == [] and saved["lora_target_modules"] == ["q_proj", "v_proj"]
     # where PEFT users look: the adapter at OUT's root, its base named portably, a model card the hub reads
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     PeftModel.from_pretrained(base, str(out))

@@ -43,7 +43,8 @@ class TrainConfig(BaseModel):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] | str = "all-linear"
+    lora_target_modules: list[str] | str = Field("all-linear", description="module names, or all-linear "
+                                                 "(repeat the flag for several)")
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights through bitsandbytes (GPU only)")
     gradient_checkpointing: bool = False
     dtype: DtypeName = Field("auto", description=f"dtype the weights are loaded in: {DTYPE_HELP}")
@@ -61,7 +62,22 @@ class TrainConfig(BaseModel):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
     save_total_limit: int = 2
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard | wandb | none "
+                                 "(repeat the flag for several)")
+
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _one_target_word(cls, value):
+        """`--lora-target-modules all-linear` arrives as a one-item list; PEFT reads the word only as a string."""
+        return value[0] if isinstance(value, (list, tuple)) and list(value) == ["all-linear"] else value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _none_means_no_tracker(cls, value):
+        """TRL's `--report-to none`."""
+        if value == "none" or (isinstance(value, (list, tuple)) and list(value) == ["none"]):
+            return []
+        return [value] if isinstance(value, str) else value
     record_rank_checksums: bool = Field(False, description="each rank writes a checksum of its weights (tests)")
 
     @field_validator("loss_type")
