@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from selfalign.cli_engine import (Backend, DataParallel, Dtype, EngineKwargs, GpuMemory, MaxModelLen, PrefixCaching,
-                                  RayAddress, TensorParallel, engine_overrides)
+from selfalign.cli_engine import with_engine_flags
 from selfalign.cli_utils import console, load_config, one_line, parse_set_options, print_error, setup_logging
 from selfalign.errors import ConfigError, SelfAlignError
 from selfalign.cli_config import with_config_flags
@@ -84,6 +83,7 @@ def info() -> None:
 
 
 @app.command()
+@with_engine_flags()
 def generate(
     prompts: Path = typer.Option(..., help="JSONL, one {'prompt': str} or {'messages': [...]} per line"),
     out: Path = typer.Option(..., help="where the samples JSONL is written (atomically)"),
@@ -108,10 +108,7 @@ def generate(
                                           "[default: chrf]"),
     mbr_references: Optional[int] = typer.Option(None, help="--select mbr: pseudo-references per sample  "
                                                  "[default: 8]"),
-    tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
-    gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
-    enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None, backend: Backend = None,
-    ray_address: RayAddress = None,
+    layout: dict = None,
 ) -> None:
     """Sample N completions per prompt from a model; with --select, keep one per prompt (MBR or self-verification)."""
     import time
@@ -124,10 +121,7 @@ def generate(
                                                  "min_p": min_p, "max_new_tokens": max_new_tokens, "stop": stop or None,
                                                  "seed": seed,
                                                  "record_logprobs": logprobs, "truncate_prompts": truncate_prompts,
-                                                 **engine_overrides(tensor_parallel_size, data_parallel_size,
-                                                                    gpu_memory_utilization, max_model_len, dtype,
-                                                                    enable_prefix_caching, engine_kwargs, backend,
-                                                                    ray_address)})
+                                                 **layout})
     records = require_records(read_jsonl(prompts, PromptRecord)[:limit], prompts, "prompts")
     prompt_ids(records, str(prompts))  # duplicates fail here, before a model loads
     selection = None
@@ -415,6 +409,7 @@ def check_verifier(
 
 
 @app.command()
+@with_engine_flags(skip=("backend", "ray_address"))
 def serve(
     model: str = typer.Option("default", help="hub id, local folder, or 'default'"),
     host: str = "127.0.0.1",
@@ -422,9 +417,7 @@ def serve(
     engine: str = typer.Option("auto", help="vllm: vLLM's own OpenAI server; hf: the small built-in one; auto: vllm "
                                "where it imports"),
     seed: int = 0,
-    tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
-    gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
-    enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
+    layout: dict = None,
 ) -> None:
     """Serve a local model over an OpenAI-compatible HTTP API (chat completions with logprobs), for judging with it
     through the same path as a hosted model. With vLLM installed this is vLLM's own server."""
@@ -433,9 +426,7 @@ def serve(
     from selfalign.generation import resolve_engine_name
     from selfalign.generation.options import EngineOptions, check_engine_options
 
-    layout = load_config(EngineOptions, None, engine_overrides(
-        tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len, dtype, enable_prefix_caching,
-        engine_kwargs, None, None))
+    layout = load_config(EngineOptions, None, layout)
     name = resolve_engine_name(engine)
     check_engine_options(name, layout)
     if name == "vllm":

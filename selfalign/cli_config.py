@@ -44,12 +44,14 @@ def _choices(annotation) -> list[str]:
 
 
 def config_parameters(config: type[BaseModel], names: dict[str, tuple[str, ...]] | None = None,
-                      skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+                      skip: tuple[str, ...] = (), panel: str | None = None,
+                      converters: dict | None = None) -> list[inspect.Parameter]:
     """One keyword parameter per flag-able field, defaulting to None (not given: the config file's or the field's
-    value stands). `names`: flag declarations for a field (aliases; `--a/--b` for a boolean)."""
+    value stands). `names`: flag declarations for a field (aliases; `--a/--b` for a boolean); `converters`: a field
+    given as text and converted (`engine_kwargs` as JSON); `panel`: the `--help` panel they are listed in."""
     params = []
     for name, field in config.model_fields.items():
-        kind = _flag_type(field.annotation)
+        kind = str if name in (converters or {}) else _flag_type(field.annotation)
         if name in skip or kind is None:
             continue
         flag = f"--{name.replace('_', '-')}"
@@ -60,18 +62,19 @@ def config_parameters(config: type[BaseModel], names: dict[str, tuple[str, ...]]
                                                 not (field.description or "").startswith(choices[0]) else ""] if part)
         help_text = f"{help_text}  [default: {default}]".strip()
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-                                        default=typer.Option(None, *decls, help=help_text)))
+                                        default=typer.Option(None, *decls, help=help_text, rich_help_panel=panel)))
     return params
 
 
 def with_config_flags(config: type[BaseModel], names: dict[str, tuple[str, ...]] | None = None,
-                      skip: tuple[str, ...] = ()):
+                      skip: tuple[str, ...] = (), into: str = "options", panel: str | None = None,
+                      converters: dict | None = None):
     """Decorate a command `f(..., options: dict)`: it gets a flag for every field of `config`, and receives the
-    given ones (None where not given) as `options`."""
+    given ones (None where not given) as `options` (or the parameter named by `into`)."""
 
     def decorate(command):
         own = inspect.signature(command, eval_str=True)
-        flags = config_parameters(config, names, skip)
+        flags = config_parameters(config, names, skip, panel, converters)
         taken = {p.name for p in flags}
 
         @functools.wraps(command)
@@ -79,9 +82,12 @@ def with_config_flags(config: type[BaseModel], names: dict[str, tuple[str, ...]]
             # a repeatable flag not given arrives as an empty list: not given, like the others' None
             options = {name: (kwargs.pop(name) or None) if isinstance(kwargs.get(name), (list, tuple))
                        else kwargs.pop(name) for name in taken}
-            return command(**kwargs, options=options)
+            for name, convert in (converters or {}).items():
+                if name in options:
+                    options[name] = convert(options[name])
+            return command(**kwargs, **{into: options})
 
-        kept = [p for p in own.parameters.values() if p.name != "options"]
+        kept = [p for p in own.parameters.values() if p.name != into]
         wrapper.__signature__ = own.replace(parameters=kept + flags)
         wrapper.__annotations__ = {p.name: p.annotation for p in kept + flags}
         del wrapper.__wrapped__  # typer must read the new signature, not the command's

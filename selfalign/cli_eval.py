@@ -10,8 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from selfalign.cli_engine import (Backend, DataParallel, Dtype, EngineKwargs, GpuMemory, MaxModelLen, PrefixCaching,
-                                  RayAddress, TensorParallel, engine_overrides)
+from selfalign.cli_engine import with_engine_flags
 from selfalign.cli_utils import console, fail as _fail, load_config
 
 eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
@@ -112,6 +111,7 @@ def _one_line(numbers: dict) -> str:
 
 
 @eval_app.command("gsm8k")
+@with_engine_flags()
 def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(...),
                data: Optional[Path] = typer.Option(None, help="local JSONL {question, answer} (default: the hub)"),
                config: Optional[Path] = typer.Option(None, help="protocol YAML (default: evals/gsm8k.yaml)"),
@@ -119,10 +119,7 @@ def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(..
                select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
-               tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
-               gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
-               enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
-               backend: Backend = None, ray_address: RayAddress = None,
+               layout: dict = None,
                num_fewshot: Optional[int] = typer.Option(None, min=0, max=8, help="0: zero-shot chat prompt; N: the "
                                                          "first N chain-of-thought exemplars  [default: the "
                                                          "protocol's, 0]"),
@@ -132,12 +129,12 @@ def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(..
     """GSM8K: strict-match and flexible-extract accuracy with standard errors, and lm-eval's per-item samples file
     (lm-evaluation-harness conventions)."""
     _eval("gsm8k", model, out, data, config, limit, engine, selection=_selection(model, select, utility, n),
-          layout=engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len,
-                                 dtype, enable_prefix_caching, engine_kwargs, backend, ray_address),
+          layout=layout,
           overrides={"num_fewshot": num_fewshot, "max_new_tokens": max_new_tokens, "batch_size": batch_size})
 
 
 @eval_app.command("mt-bench")
+@with_engine_flags()
 def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option(...),
                   data: Optional[Path] = typer.Option(None, help="FastChat-layout folder  [default: none; required for mt-bench]"),
                   judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  [default: the evaluated model]"),
@@ -148,18 +145,15 @@ def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option
                   select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                   utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                   n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
-                  tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
-                  gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
-                  enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
-                  backend: Backend = None, ray_address: RayAddress = None) -> None:
+               layout: dict = None) -> None:
     """MT-Bench: two-turn answers, single-answer grading 1-10 (FastChat conventions and file formats)."""
     _eval("mt_bench", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
           _selection(model, select, utility, n),
-          layout=engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len,
-                                 dtype, enable_prefix_caching, engine_kwargs, backend, ray_address))
+          layout=layout)
 
 
 @eval_app.command("alpaca-eval")
+@with_engine_flags()
 def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(...),
                 data: Optional[Path] = typer.Option(None, help="alpaca_eval folder (default: the hub)"),
                 judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  [default: the evaluated model]"),
@@ -170,18 +164,15 @@ def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(.
                 select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                 utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                 n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
-                tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
-                gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
-                enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
-                backend: Backend = None, ray_address: RayAddress = None) -> None:
+               layout: dict = None) -> None:
     """AlpacaEval 2.0: win rate against gpt4_1106_preview with the weighted (log-prob) annotator."""
     _eval("alpaca_eval", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
           _selection(model, select, utility, n),
-          layout=engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len,
-                                 dtype, enable_prefix_caching, engine_kwargs, backend, ray_address))
+          layout=layout)
 
 
 @eval_app.command("heldout")
+@with_engine_flags()
 def eval_heldout(model: str = typer.Option("default", help="the policy to evaluate"),
                  out: Path = typer.Option(..., help="eval.json, written atomically"),
                  config: Optional[Path] = typer.Option(None, help="YAML/JSON with held-out fields (a recipe's `eval:`)  [default: none]"),
@@ -193,10 +184,7 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
                  utility: Optional[str] = typer.Option(None, help="--select mbr: chrf | rouge-l | bleu | embedding | "
                                                        "llm-judge  [default: chrf]"),
                  engine: str = "auto", seed: int = 0,
-                 tensor_parallel_size: TensorParallel = None, data_parallel_size: DataParallel = None,
-                 gpu_memory_utilization: GpuMemory = None, max_model_len: MaxModelLen = None, dtype: Dtype = None,
-                 enable_prefix_caching: PrefixCaching = None, engine_kwargs: EngineKwargs = None,
-                 backend: Backend = None, ray_address: RayAddress = None) -> None:
+               layout: dict = None) -> None:
     """Held-out answer accuracy: greedy, sampled, majority@k and the generation-verification gap (the loop's
     evaluation stage)."""
     from selfalign.evaluation.heldout import HeldoutConfig, evaluate_heldout
@@ -213,9 +201,7 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
     console.print(f"{with_answers} prompts: {with_answers} greedy generations"
                   + (f" + {sampled} x {cfg.k} sampled = {with_answers + sampled * cfg.k} generations (--k 0: greedy "
                      "only)" if cfg.k > 0 else ""), soft_wrap=True)
-    layout = _engine_options(engine_overrides(tensor_parallel_size, data_parallel_size, gpu_memory_utilization,
-                                               max_model_len, dtype, enable_prefix_caching, engine_kwargs, backend,
-                                               ray_address))
+    layout = _engine_options(layout)
     gen = get_engine(engine, model, seed=seed, options=layout)
     result = evaluate_heldout(gen, prompts, cfg, seed=seed, policy=model)
     from selfalign.evaluation.files import heldout_stderrs, write_heldout

@@ -236,9 +236,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 class _LocalEndpoint:
-    """A real HTTP server on localhost; `respond()` gives each POST's (status, body bytes, seconds to wait first)."""
+    """A real HTTP server on localhost; `respond()` gives each POST's (status, body bytes, seconds to wait first).
+    With `trickle`, the body goes out one byte every `trickle` seconds after prompt headers."""
 
-    def __init__(self, respond):
+    def __init__(self, respond, trickle: float = 0.0):
         self.requests = 0
         outer = self
 
@@ -253,9 +254,12 @@ class _LocalEndpoint:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 try:
-                    self.wfile.write(data)
+                    for start in range(0, len(data), 1 if trickle else max(len(data), 1)):
+                        self.wfile.write(data[start:start + (1 if trickle else len(data))])
+                        self.wfile.flush()
+                        time.sleep(trickle)
                 except OSError:
-                    pass
+                    pass  # the client gave up
 
             def log_message(self, *args):
                 pass

@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_faults import _invoke, _one_line_error, _samples  # noqa: E402
+from test_faults import _LocalEndpoint, _invoke, _one_line_error, _samples  # noqa: E402
 
 
 @pytest.fixture()
@@ -65,44 +63,11 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_file_and_the_old_output(tmp_
     assert [p.name for p in full.iterdir()] == ["pairs.jsonl"], "no temporary file is left behind"
 
 
-class _Trickle:
-    """A real HTTP server that sends its headers at once and then its (valid) body one byte every 0.2 s."""
-
-    def __init__(self):
-        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": "Rating: [[7]]"}}]}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    for i in range(len(body)):
-                        self.wfile.write(body[i:i + 1])
-                        self.wfile.flush()
-                        time.sleep(0.2)
-                except OSError:
-                    pass  # the client gave up: as it should
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_trickled_reply_ends_within_the_whole_request_budget(tmp_path):
-    endpoint = _Trickle()  # a 200-byte answer at 5 bytes/s takes 40 s; every single read is fast
+    body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "Rating: [[7]]"}}]}).encode()
+    endpoint = _LocalEndpoint(lambda: (200, body, 0), trickle=0.2)  # 40 s for 200 bytes; every read is fast
     try:
         started = time.monotonic()
         result = _invoke("judge", "--samples", _samples(tmp_path / "s.jsonl", ["4"]), "--scorer", "llm-judge",
