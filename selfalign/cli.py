@@ -13,6 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from selfalign.cli_engine import with_engine_flags
+from selfalign.generation import ENGINES
+from selfalign.judging.mbr import UTILITIES
 from selfalign.cli_utils import console, load_config, one_line, parse_set_options, print_error, setup_logging
 from selfalign.errors import ConfigError, SelfAlignError
 from selfalign.cli_config import with_config_flags
@@ -89,7 +91,7 @@ def generate(
     out: Path = typer.Option(..., help="where the samples JSONL is written (atomically)"),
     model: str = typer.Option("default", help="hub id, local folder, .gguf file, or 'default'"),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON with generation fields (a recipe's `generation:`)  [default: none]"),
-    engine: Optional[str] = typer.Option(None, help="hf | vllm | auto  [default: auto]"),
+    engine: Optional[str] = typer.Option(None, help=f"{' | '.join(ENGINES)}  [default: auto]"),
     n: Optional[int] = typer.Option(None, help="samples per prompt  [default: 8]"),
     temperature: Optional[float] = typer.Option(None, help="[default: 0.8]"),
     top_p: Optional[float] = typer.Option(None, help="[default: 1.0]"),
@@ -104,7 +106,7 @@ def generate(
     show: int = typer.Option(0, help="print a table of the first N samples"),
     select: Optional[str] = typer.Option(None, help="mbr | self-verify: write one chosen sample per prompt to OUT "
                                          "(all N go to OUT's .candidates.jsonl)  [default: none, all samples]"),
-    utility: Optional[str] = typer.Option(None, help="--select mbr: chrf | rouge-l | bleu | embedding | llm-judge  "
+    utility: Optional[str] = typer.Option(None, help=f"--select mbr: {' | '.join(UTILITIES)}  "
                                           "[default: chrf]"),
     mbr_references: Optional[int] = typer.Option(None, help="--select mbr: pseudo-references per sample  "
                                                  "[default: 8]"),
@@ -195,7 +197,7 @@ def judge(
                                         "(run the sample as a program)  [default: equations]"),
     grounded: Optional[bool] = typer.Option(None, "--grounded/--no-grounded", help="execution, equations: operands "
                                             "must be the question's numbers or earlier true results  [default: on]"),
-    utility: Optional[str] = typer.Option(None, help="mbr: chrf | rouge-l | bleu | embedding | llm-judge  "
+    utility: Optional[str] = typer.Option(None, help=f"mbr: {' | '.join(UTILITIES)}  "
                                           "[default: chrf]"),
     mbr_references: Optional[int] = typer.Option(None, help="mbr: pseudo-references per sample; cost grows as "
                                                  "k x this  [default: 8]"),
@@ -317,7 +319,7 @@ def judge_train(
                                           "temperature, reasoning, train: {TrainConfig fields}, ...)  [default: none]"),
     heldout: Optional[int] = typer.Option(None, help="contrasting pairs kept out, for accuracy  [default: 16]"),
     verdicts: Optional[int] = typer.Option(None, help="sampled verdicts per pair and position  [default: 4]"),
-    engine: str = typer.Option("auto", help="hf | vllm | auto"),
+    engine: str = typer.Option("auto", help=" | ".join(ENGINES)),
     set_: list[str] = typer.Option([], "--set", help="a field of the judge's training (TrainConfig), key=value  [default: none]"),
     force: bool = typer.Option(False, help="OUT holds a run with other prompts or settings: discard it"),
 ) -> None:

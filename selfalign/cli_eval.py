@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from selfalign.cli_engine import with_engine_flags
+from selfalign.judging.mbr import UTILITIES
 from selfalign.cli_utils import console, fail as _fail, load_config
 
 eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
@@ -23,7 +24,7 @@ SELECT_HELP = ("mbr | self-verify: answer with one of --n samples, chosen by MBR
 LIMIT_HELP = "only the first N items  [default: all]"
 CONFIG_HELP = "protocol YAML  [default: evals/<benchmark>.yaml]"
 JUDGE_URL_HELP = "the judge's OpenAI-compatible endpoint (.../v1)  [default: none, a local judge]"
-UTILITY_HELP = "--select mbr: chrf | rouge-l | bleu | embedding | llm-judge  [default: chrf]"
+UTILITY_HELP = f"--select mbr: {' | '.join(UTILITIES)}  [default: chrf]"
 
 
 def _selection(model: str, select: Optional[str], utility: Optional[str], n: Optional[int]):
@@ -181,8 +182,7 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
                  k: Optional[int] = typer.Option(None, help="samples for majority@k (0: greedy only)  [default: 8]"),
                  select: Optional[str] = typer.Option(None, help="mbr | self-verify: also the accuracy of one of the "
                                                       "k samples chosen this way  [default: none]"),
-                 utility: Optional[str] = typer.Option(None, help="--select mbr: chrf | rouge-l | bleu | embedding | "
-                                                       "llm-judge  [default: chrf]"),
+                 utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                  engine: str = "auto", seed: int = 0,
                layout: dict = None) -> None:
     """Held-out answer accuracy: greedy, sampled, majority@k and the generation-verification gap (the loop's

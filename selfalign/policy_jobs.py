@@ -19,7 +19,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfalign.evaluation.heldout import HeldoutConfig
-from selfalign.generation import GenerationConfig
+from selfalign.generation import EngineName, GenerationConfig
 from selfalign.generation.options import EngineOptions
 from selfalign.io import write_json, write_jsonl
 
@@ -52,7 +52,7 @@ class PolicyJobs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: str
-    engine: Literal["hf", "vllm", "auto"] = "auto"
+    engine: EngineName = "auto"
     options: EngineOptions = Field(default_factory=EngineOptions, description="the engine's layout (parallelism, "
                                    "memory, dtype, engine_kwargs)")
     seed: int = Field(0, description="the engine's seed (vLLM seeds the engine, not each request)")

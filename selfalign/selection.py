@@ -12,6 +12,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from selfalign.judging.mbr import Utility
 from selfalign.records import Sample, ScoredSample
 
 SelectMethod = Literal["mbr", "self-verify"]
@@ -20,7 +21,7 @@ SelectMethod = Literal["mbr", "self-verify"]
 class SelectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: SelectMethod = "mbr"
-    utility: Literal["chrf", "rouge-l", "bleu", "embedding", "llm-judge"] = "chrf"
+    utility: Utility = "chrf"
     mbr_references: int | None = Field(8, ge=1)
     embedding_model: str = "default"
     n: int = Field(4, ge=2, description="`selfalign eval gsm8k|mt-bench|alpaca-eval --select`: samples per answer")

@@ -19,7 +19,8 @@ from selfalign.records import PromptRecord, Sample, prompt_id_of
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("hf", "vllm", "auto")
+ENGINES = ("hf", "vllm", "auto")  # the one list: configs and --help read it
+EngineName = Literal[ENGINES]
 
 
 MIN_P_HELP = ("min-p sampling (Nguyen et al. 2024, arXiv:2407.01082): drop tokens whose probability is below min_p "
@@ -47,7 +48,7 @@ class GenerationConfig(EngineOptions):
     layout (tensor/data parallelism, memory, dtype, engine_kwargs) sits beside the sampling fields."""
 
     model_config = ConfigDict(extra="forbid")
-    engine: Literal["hf", "vllm", "auto"] = "auto"
+    engine: EngineName = "auto"
     n: int = Field(8, ge=1, description="samples per prompt")
     temperature: float = Field(0.8, ge=0.0)
     top_p: TopP = 1.0

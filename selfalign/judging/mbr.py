@@ -16,7 +16,8 @@ from typing import Callable, Literal
 
 from selfalign.records import Sample, ScoredSample, group_by_prompt
 
-Utility = Literal["chrf", "rouge-l", "bleu", "embedding", "llm-judge"]
+UTILITIES = ("chrf", "rouge-l", "bleu", "embedding", "llm-judge")  # the one list: configs and --help read it
+Utility = Literal[UTILITIES]
 # (hypothesis, pseudo-references) -> one utility in [0, 1] per reference, None where a judge abstained
 BatchUtility = Callable[[str, str, list[str]], list[float | None]]
 

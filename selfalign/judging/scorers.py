@@ -10,6 +10,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from selfalign.judging.mbr import Utility
 from selfalign.records import Sample, ScoredSample
 
 ScoreGroup = Callable[[list[Sample]], list[ScoredSample]]
@@ -34,7 +35,7 @@ class JudgeConfig(BaseModel):
     judge_base_url: str | None = Field(None, description="an OpenAI-compatible endpoint (.../v1)")
     judge_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
     use_logprobs: bool = Field(True, description="pairwise: read preferences from answer-letter probabilities")
-    utility: Literal["chrf", "rouge-l", "bleu", "embedding", "llm-judge"] = Field(
+    utility: Utility = Field(
         "chrf", description="mbr: the utility of a sample against each pseudo-reference (llm-judge: judge_model's "
         "pairwise preference)")
     mbr_references: int | None = Field(8, ge=1, description="mbr: pseudo-references per sample (cost k x this; "
