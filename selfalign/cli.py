@@ -90,7 +90,8 @@ def generate(
     prompts: Path = typer.Option(..., help="JSONL, one {'prompt': str} or {'messages': [...]} per line"),
     out: Path = typer.Option(..., help="where the samples JSONL is written (atomically)"),
     model: str = typer.Option("default", help="hub id, local folder, .gguf file, or 'default'"),
-    config: Optional[Path] = typer.Option(None, help="YAML/JSON with generation fields (a recipe's `generation:`)  [default: none]"),
+    config: Optional[Path] = typer.Option(None, help="YAML/JSON with generation fields (a recipe's `generation:`)  "
+                                                     "[default: none]"),
     engine: Optional[str] = typer.Option(None, help=f"{' | '.join(ENGINES)}  [default: auto]"),
     n: Optional[int] = typer.Option(None, help="samples per prompt  [default: 8]"),
     temperature: Optional[float] = typer.Option(None, help="[default: 0.8]"),
@@ -99,9 +100,11 @@ def generate(
     max_new_tokens: Optional[int] = typer.Option(None, help="[default: 256]"),
     stop: Optional[list[str]] = typer.Option(None, help="stop string (repeatable)  [default: none]"),
     seed: Optional[int] = typer.Option(None, help="[default: 0]"),
-    logprobs: Optional[bool] = typer.Option(None, "--logprobs", help="record each sample's summed log-prob  [default: off]"),
+    logprobs: Optional[bool] = typer.Option(None, "--logprobs", help="record each sample's summed log-prob  "
+                                                                     "[default: off]"),
     truncate_prompts: Optional[bool] = typer.Option(None, "--truncate-prompts", help="cut prompts longer than the "
-                                                    "model's context (keeping the end) instead of refusing them  [default: off]"),
+                                                    "model's context (keeping the end) instead of refusing them  "
+                                                    "[default: off]"),
     limit: Optional[int] = typer.Option(None, help="only the first N prompts  [default: all]"),
     show: int = typer.Option(0, help="print a table of the first N samples"),
     select: Optional[str] = typer.Option(None, help="mbr | self-verify: write one chosen sample per prompt to OUT "
@@ -167,7 +170,8 @@ def generate(
 
 @app.command("policy-jobs", hidden=True)  # the loop's engine server, not a user command
 def policy_jobs(jobs: Optional[Path] = typer.Option(None, help="YAML/JSON: model, engine, seed and a list of "
-                                                    "generate / eval-heldout jobs  [default: none, read from --serve's stdin]"),
+                                                    "generate / eval-heldout jobs  "
+                                                    "[default: none, read from --serve's stdin]"),
                 serve: bool = typer.Option(False, "--serve", help="keep one engine and run the job files named on "
                                            "stdin, one JSON line each (how `selfalign run` keeps its engine)")) -> None:
     """Several generation jobs on one engine (the loop's evaluation of a policy and its next sampling); each output is
@@ -190,7 +194,8 @@ def policy_jobs(jobs: Optional[Path] = typer.Option(None, help="YAML/JSON: model
 def judge(
     samples: Path = typer.Option(..., help="samples JSONL from `selfalign generate`"),
     out: Path = typer.Option(..., help="scored samples JSONL (atomic; resumes from OUT.partial)"),
-    config: Optional[Path] = typer.Option(None, help="YAML/JSON with judge fields (a recipe's `judge:`)  [default: none]"),
+    config: Optional[Path] = typer.Option(None, help="YAML/JSON with judge fields (a recipe's `judge:`)  "
+                                                     "[default: none]"),
     scorer: Optional[str] = typer.Option(None, help="self-consistency | execution | llm-judge | reward-model | mbr  "
                                          "[default: self-consistency]"),
     check: Optional[str] = typer.Option(None, help="execution: equations (compute each written equation) | program "
@@ -201,14 +206,18 @@ def judge(
                                           "[default: chrf]"),
     mbr_references: Optional[int] = typer.Option(None, help="mbr: pseudo-references per sample; cost grows as "
                                                  "k x this  [default: 8]"),
-    embedding_model: Optional[str] = typer.Option(None, help="mbr --utility embedding: a sentence-embedding model  [default: default]"),
-    judge_model: Optional[str] = typer.Option(None, help="llm-judge / reward-model: hub id, folder, or 'default'  [default: policy]"),
-    judge_base_url: Optional[str] = typer.Option(None, help="llm-judge: an OpenAI-compatible endpoint (.../v1)  [default: none, a local judge]"),
+    embedding_model: Optional[str] = typer.Option(None, help="mbr --utility embedding: a sentence-embedding model  "
+                                                             "[default: default]"),
+    judge_model: Optional[str] = typer.Option(None, help="llm-judge / reward-model: hub id, folder, or 'default'  "
+                                                         "[default: policy]"),
+    judge_base_url: Optional[str] = typer.Option(None, help="llm-judge: an OpenAI-compatible endpoint (.../v1)  "
+                                                            "[default: none, a local judge]"),
     judge_api_key_env: Optional[str] = typer.Option(None, help="environment variable holding the API key  "
                                                     "[default: OPENAI_API_KEY]"),
     mode: Optional[str] = typer.Option(None, help="llm-judge: pointwise | pairwise  [default: pairwise]"),
     use_logprobs: Optional[bool] = typer.Option(None, "--use-logprobs/--no-use-logprobs",
-                                                help="pairwise: read the preference from answer-letter probabilities  [default: on]"),
+                                                help="pairwise: read the preference from answer-letter probabilities  "
+                                                     "[default: on]"),
     concurrency: Optional[int] = typer.Option(None, help="OpenAI endpoint: requests in flight  [default: 8]"),
     judge_timeout: Optional[float] = typer.Option(None, help="OpenAI endpoint: seconds one request may take, "
                                                   "retries included  [default: 300]"),
@@ -248,12 +257,16 @@ def judge(
 def build_pairs(
     scored: Path = typer.Option(..., help="scored samples JSONL from `selfalign judge`"),
     out: Path = typer.Option(..., help="pairs (ranked lists, single completions) JSONL, written atomically"),
-    config: Optional[Path] = typer.Option(None, help="YAML/JSON with pair fields (a recipe's `pairs:`)  [default: none]"),
+    config: Optional[Path] = typer.Option(None, help="YAML/JSON with pair fields (a recipe's `pairs:`)  "
+                                                     "[default: none]"),
     mode: Optional[str] = typer.Option(None, help="pairs | scpo | lists | singles (KTO, DRO)  [default: pairs]"),
-    min_margin: Optional[float] = typer.Option(None, help="least score gap between chosen and rejected  [default: 0.0]"),
-    vote_threshold: Optional[int] = typer.Option(None, help="scpo, singles: tau, least votes of the top answer  [default: 1]"),
+    min_margin: Optional[float] = typer.Option(None, help="least score gap between chosen and rejected  "
+                                                          "[default: 0.0]"),
+    vote_threshold: Optional[int] = typer.Option(None, help="scpo, singles: tau, least votes of the top answer  "
+                                                            "[default: 1]"),
     max_pairs_per_prompt: Optional[int] = typer.Option(None, help="[default: 1]"),
-    max_length_ratio: Optional[float] = typer.Option(None, help="drop pairs whose chosen is this many times longer  [default: none, no length guard]"),
+    max_length_ratio: Optional[float] = typer.Option(None, help="drop pairs whose chosen is this many times longer  "
+                                                                "[default: none, no length guard]"),
     chosen_pick: Optional[str] = typer.Option(None, help="scpo: first | shortest (the shortest finished sample of "
                                               "the top answer)  [default: first]"),
 ) -> None:
@@ -292,7 +305,8 @@ def train(
     split: str = typer.Option("train", help="dataset split, for a hub dataset or dataset folder"),
     config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields (TRL's names), or an "
                                           "alignment-handbook recipe (model_name_or_path, ...)  [default: none]"),
-    set_: list[str] = typer.Option([], "--set", help="any TrainConfig field, key=value (lists too; repeatable)  [default: none]"),
+    set_: list[str] = typer.Option([], "--set", help="any TrainConfig field, key=value (lists too; repeatable)  "
+                                                     "[default: none]"),
     force: bool = typer.Option(False, help="OUT holds another run (other data or settings): discard it and start over"),
     options: dict = None,
 ) -> None:
@@ -320,7 +334,8 @@ def judge_train(
     heldout: Optional[int] = typer.Option(None, help="contrasting pairs kept out, for accuracy  [default: 16]"),
     verdicts: Optional[int] = typer.Option(None, help="sampled verdicts per pair and position  [default: 4]"),
     engine: str = typer.Option("auto", help=" | ".join(ENGINES)),
-    set_: list[str] = typer.Option([], "--set", help="a field of the judge's training (TrainConfig), key=value  [default: none]"),
+    set_: list[str] = typer.Option([], "--set", help="a field of the judge's training (TrainConfig), key=value  "
+                                                     "[default: none]"),
     force: bool = typer.Option(False, help="OUT holds a run with other prompts or settings: discard it"),
 ) -> None:
     """Self-Taught Evaluator: the judge learns from its own verdicts on contrasting pairs of known order."""
@@ -346,9 +361,11 @@ def export(
     out: Path = typer.Option(..., help="target folder (must be empty unless --force)"),
     dtype: str = typer.Option("float32", help="bfloat16 | float16 | float32 (bf16, fp16, fp32 accepted)"),
     iteration: Optional[int] = typer.Option(None, help="with a run folder: which iteration (default: the last)"),
-    base_model: Optional[str] = typer.Option(None, help="the base model, where the source does not record it  [default: the recorded one]"),
+    base_model: Optional[str] = typer.Option(None, help="the base model, where the source does not record it  "
+                                                        "[default: the recorded one]"),
     force: bool = typer.Option(False, help="replace a non-empty target"),
-    push_to_hub: Optional[str] = typer.Option(None, help="also upload to this hub repo (token from HF_TOKEN)  [default: none]"),
+    push_to_hub: Optional[str] = typer.Option(None, help="also upload to this hub repo (token from HF_TOKEN)  "
+                                                         "[default: none]"),
 ) -> None:
     """Merge LoRA into the base weights and save a plain, verified Hugging Face checkpoint with a model card."""
     from selfalign.errors import ConfigError
@@ -369,8 +386,10 @@ def run(
     recipe: Path = typer.Argument(..., help="a recipe YAML, e.g. recipes/default.yaml"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/<recipe name>)"),
     force: bool = typer.Option(False, help="continue a run whose recipe has changed since it started"),
-    iterations: Optional[int] = typer.Option(None, min=1, help="run only the first N iterations now  [default: the recipe's iterations]"),
-    until: Optional[str] = typer.Option(None, help="stop after this stage of the last iteration  [default: none, run it all]"),
+    iterations: Optional[int] = typer.Option(None, min=1, help="run only the first N iterations now  "
+                                                               "[default: the recipe's iterations]"),
+    until: Optional[str] = typer.Option(None, help="stop after this stage of the last iteration  "
+                                                   "[default: none, run it all]"),
 ) -> None:
     """Run the self-alignment loop: generate -> judge -> filter -> train -> export -> evaluate, N times. Resumable."""
     from selfalign.loop import run as run_loop

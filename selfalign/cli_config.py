@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 import typing
 from typing import Optional
 
@@ -13,6 +14,7 @@ import typer
 from pydantic import BaseModel
 
 _SCALARS = (bool, int, float, str)
+_UNIONS = (typing.Union, types.UnionType)
 
 
 def _flag_type(annotation):
@@ -23,14 +25,14 @@ def _flag_type(annotation):
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is list and args and args[0] in _SCALARS:
         return annotation  # a repeatable flag
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and any(
-            typing.get_origin(a) is list for a in args):
-        return next(a for a in args if typing.get_origin(a) is list)  # list[str] | str: repeat it, or give one
     if origin is typing.Annotated:
         return _flag_type(args[0])
     if origin is typing.Literal:
         return str if all(isinstance(a, str) for a in args) else None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in _UNIONS:
+        lists = [a for a in args if typing.get_origin(a) is list]
+        if lists:
+            return lists[0]  # list[str] | str: repeat the flag, or give it once
         inner = [a for a in args if a is not type(None)]
         return _flag_type(inner[0]) if len(inner) == 1 else None
     return None

@@ -14,4 +14,4 @@ def with_engine_flags(skip: tuple[str, ...] = ()):
     """Decorate a command taking `layout: dict`: the engine-layout fields given (None where not), `engine_kwargs`
     parsed from its JSON text."""
     return with_config_flags(EngineOptions, names=_NAMES, skip=skip, into="layout", panel="Engine layout",
-                             converters={"engine_kwargs": lambda text: parse_engine_kwargs(text)})
+                             converters={"engine_kwargs": parse_engine_kwargs})

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from selfalign.cli_engine import with_engine_flags
 from selfalign.judging.mbr import UTILITIES
-from selfalign.cli_utils import console, fail as _fail, load_config
+from selfalign.cli_utils import console, fail as _fail, load_config, one_line
 
 eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
                        help="Benchmarks: gsm8k, mt-bench, alpaca-eval, held-out accuracy; "
@@ -74,7 +74,7 @@ def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: O
         _fail(str(e))
     if result.get("judge_note"):
         console.print(result["judge_note"], style="bold yellow")
-    console.print(_one_line(result["numbers"]), soft_wrap=True)
+    console.print(one_line(result["numbers"]), soft_wrap=True)
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}"
                   + (f", {out / ('samples_' + benchmark + '.jsonl')}" if (out / f"samples_{benchmark}.jsonl").exists()
                      else ""), soft_wrap=True)
@@ -95,20 +95,6 @@ def _override(protocol: dict, overrides: dict) -> dict:
     if batch_size is not None:
         protocol = {**protocol, "batch_size": batch_size}
     return protocol
-
-
-def _one_line(numbers: dict) -> str:
-    """`strict-match 0.1800 ± 0.0157, ...`: each accuracy beside its standard error, one readable line."""
-    from selfalign.evaluation.common import _flat, _fmt
-
-    flat = _flat(numbers)
-    parts = []
-    for key, value in flat.items():
-        if key.endswith("_stderr"):
-            continue
-        error = flat.get(f"{key}_stderr")
-        parts.append(f"{key} {_fmt(value)}" + (f" ± {_fmt(error)}" if isinstance(error, float) else ""))
-    return ", ".join(parts)
 
 
 @eval_app.command("gsm8k")
@@ -137,8 +123,10 @@ def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(..
 @eval_app.command("mt-bench")
 @with_engine_flags()
 def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option(...),
-                  data: Optional[Path] = typer.Option(None, help="FastChat-layout folder  [default: none; required for mt-bench]"),
-                  judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  [default: the evaluated model]"),
+                  data: Optional[Path] = typer.Option(None, help="FastChat-layout folder  "
+                                                                 "[default: none; required for mt-bench]"),
+                  judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  "
+                                                                 "[default: the evaluated model]"),
                   judge_base_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
                   judge_api_key_env: str = "OPENAI_API_KEY",
                   config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
@@ -146,7 +134,7 @@ def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option
                   select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                   utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                   n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
-               layout: dict = None) -> None:
+                  layout: dict = None) -> None:
     """MT-Bench: two-turn answers, single-answer grading 1-10 (FastChat conventions and file formats)."""
     _eval("mt_bench", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
           _selection(model, select, utility, n),
@@ -157,7 +145,8 @@ def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option
 @with_engine_flags()
 def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(...),
                 data: Optional[Path] = typer.Option(None, help="alpaca_eval folder (default: the hub)"),
-                judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  [default: the evaluated model]"),
+                judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  "
+                                                               "[default: the evaluated model]"),
                 judge_base_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
                 judge_api_key_env: str = "OPENAI_API_KEY",
                 config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
@@ -165,7 +154,7 @@ def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(.
                 select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                 utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                 n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
-               layout: dict = None) -> None:
+                layout: dict = None) -> None:
     """AlpacaEval 2.0: win rate against gpt4_1106_preview with the weighted (log-prob) annotator."""
     _eval("alpaca_eval", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
           _selection(model, select, utility, n),
@@ -176,7 +165,9 @@ def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(.
 @with_engine_flags()
 def eval_heldout(model: str = typer.Option("default", help="the policy to evaluate"),
                  out: Path = typer.Option(..., help="eval.json, written atomically"),
-                 config: Optional[Path] = typer.Option(None, help="YAML/JSON with held-out fields (a recipe's `eval:`)  [default: none]"),
+                 config: Optional[Path] = typer.Option(None, help="YAML/JSON with held-out fields (a recipe's "
+                                                                  "`eval:`)  "
+                                                                  "[default: none]"),
                  data: Optional[str] = typer.Option(None, help="JSONL of {prompt, answer}  [default: --config's data]"),
                  limit: Optional[int] = typer.Option(None, help=LIMIT_HELP),
                  k: Optional[int] = typer.Option(None, help="samples for majority@k (0: greedy only)  [default: 8]"),
@@ -184,7 +175,7 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
                                                       "k samples chosen this way  [default: none]"),
                  utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                  engine: str = "auto", seed: int = 0,
-               layout: dict = None) -> None:
+                 layout: dict = None) -> None:
     """Held-out answer accuracy: greedy, sampled, majority@k and the generation-verification gap (the loop's
     evaluation stage)."""
     from selfalign.evaluation.heldout import HeldoutConfig, evaluate_heldout
@@ -196,19 +187,18 @@ def eval_heldout(model: str = typer.Option("default", help="the policy to evalua
     cfg = load_config(HeldoutConfig, config, {"data": data, "limit": limit, "k": k,
                                               "select": chosen or None})
     prompts = read_jsonl(cfg.data, PromptRecord)
-    with_answers = len([p for p in prompts if p.answer is not None][:cfg.limit])
-    sampled = len([p for p in prompts if p.answer is not None][:cfg.limit][:cfg.sampled_limit])
+    answered = [p for p in prompts if p.answer is not None][:cfg.limit]
+    with_answers, sampled = len(answered), len(answered[:cfg.sampled_limit])
     console.print(f"{with_answers} prompts: {with_answers} greedy generations"
                   + (f" + {sampled} x {cfg.k} sampled = {with_answers + sampled * cfg.k} generations (--k 0: greedy "
                      "only)" if cfg.k > 0 else ""), soft_wrap=True)
     layout = _engine_options(layout)
     gen = get_engine(engine, model, seed=seed, options=layout)
     result = evaluate_heldout(gen, prompts, cfg, seed=seed, policy=model)
-    from selfalign.evaluation.files import heldout_stderrs, write_heldout
+    from selfalign.evaluation.files import write_heldout
 
-    numbers = {k: v for k, v in {**result, **heldout_stderrs(result)}.items() if isinstance(v, (int, float))}
-    json_path, items_path = write_heldout(out, {"model": model, "engine": gen.name}, result)
-    console.print(_one_line(numbers), soft_wrap=True)
+    written, json_path, items_path = write_heldout(out, {"model": model, "engine": gen.name}, result)
+    console.print(one_line({k: v for k, v in written.items() if isinstance(v, (int, float))}), soft_wrap=True)
     console.print(f"wrote {json_path}, {items_path}", soft_wrap=True)
 
 

@@ -36,20 +36,23 @@ def print_error(message) -> None:
     console.print(Text("error: ", style="bold red") + Text(str(message)), soft_wrap=True)
 
 
-def one_line(report: dict, prefix: str = "") -> str:
-    """A stage's summary as one readable line (`scored 16, abstained 0, verdicts: verified 3, false 5`), not a
-    Python dict; None values are left out, nested mappings follow their key."""
+def one_line(report: dict) -> str:
+    """A summary as one readable line (`scored 16, abstained 0, verdicts: verified 3, false 5`), not a Python dict;
+    None values are left out, nested mappings follow their key, and a number with a `<name>_stderr` beside it prints
+    as `name 0.18 ± 0.016`."""
     parts = []
     for key, value in report.items():
-        if value is None or value == {} or value == []:
+        if value is None or value == {} or value == [] or (key.endswith("_stderr")
+                                                            and key.removesuffix("_stderr") in report):
             continue
         if isinstance(value, dict):
             parts.append(f"{key}: {one_line(value)}")
-        elif isinstance(value, float):
-            parts.append(f"{key} {value:.4g}")
-        else:
-            parts.append(f"{key} {value}")
-    return prefix + ", ".join(parts)
+            continue
+        error = report.get(f"{key}_stderr")
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+        if isinstance(error, float):
+            parts[-1] += f" ± {error:.2g}"
+    return ", ".join(parts)
 
 
 def fail(message: str) -> None:

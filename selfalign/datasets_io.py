@@ -1,6 +1,6 @@
 """Records from where users keep them: a JSONL file, a JSON array, a Parquet file, a `save_to_disk` folder, or a
-dataset on the hub (or a local dataset folder), through `datasets`. Every row is validated as the record type, and a bad row names the source, the row
-(the line in a JSONL file, the 1-based row elsewhere) and the field."""
+dataset on the hub (or a local dataset folder), through `datasets`. Every row is validated as the record type, and a
+bad row names the source, the row (the line in a JSONL file, the 1-based row elsewhere) and the field."""
 
 from __future__ import annotations
 

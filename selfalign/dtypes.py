@@ -16,6 +16,6 @@ def canonical_dtype(value):
     return ALIASES.get(value, value) if isinstance(value, str) else value
 
 
-DtypeName = Annotated[Literal["auto", "bfloat16", "float16", "float32"], BeforeValidator(canonical_dtype)]
-WeightsDtype = Annotated[Literal["bfloat16", "float16", "float32"], BeforeValidator(canonical_dtype)]
-HELP = "auto | bfloat16 | float16 | float32 (bf16, fp16, fp32 accepted)"
+DtypeName = Annotated[Literal[NAMES], BeforeValidator(canonical_dtype)]
+WeightsDtype = Annotated[Literal[NAMES[1:]], BeforeValidator(canonical_dtype)]  # what weights are saved in: no auto
+HELP = f"{' | '.join(NAMES)} (bf16, fp16, fp32 accepted)"

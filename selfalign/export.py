@@ -1,8 +1,8 @@
 """Export a trained policy as a plain Hugging Face checkpoint: LoRA folded in, sharded safetensors, tokenizer, chat
 template, generation config and a model card of the lineage. Loads with transformers or vLLM, no selfalign needed.
 
-Sources: a training output (`OUT/`, adapter or full model; `OUT/final/` of earlier versions), a run folder (`runs/NAME`, with
-`--iteration`), or a DeepSpeed checkpoint folder (ZeRO shards are consolidated first).
+Sources: a training output (`OUT/`, adapter or full model; `OUT/final/` of earlier versions), a run folder
+(`runs/NAME`, with `--iteration`), or a DeepSpeed checkpoint folder (ZeRO shards are consolidated first).
 """
 
 from __future__ import annotations

@@ -40,14 +40,15 @@ _OS_REASONS = {errno.EROFS: "the file system is read-only", errno.ENOSPC: "no sp
                errno.EMFILE: "too many open files", errno.EFBIG: "the file is too large for this file system"}
 
 
-def describe_os_error(error: OSError) -> str | None:
-    """One line naming the path and the reason for the file-system failures a user can fix (read-only or full disk,
-    permissions, a file where a folder must be); None for any other OSError (a bug keeps its traceback)."""
+def describe_os_error(error: OSError, path: str | Path | None = None) -> str | None:
+    """One line naming the path (`path`, else the error's own) and the reason for the file-system failures a user can
+    fix (read-only or full disk, permissions, a file where a folder must be); None for any other OSError (a bug keeps
+    its traceback)."""
     reason = _OS_REASONS.get(error.errno)
     if reason is None:
         return None
-    where = error.filename or "an output"
-    also = f" -> {error.filename2}" if getattr(error, "filename2", None) else ""
+    where = path or error.filename or "an output"
+    also = f" -> {error.filename2}" if path is None and getattr(error, "filename2", None) else ""
     return (f"{where}{also}: {reason} ({error.strerror or 'OS error'}); outputs are written atomically, so nothing "
             "half-written was left and earlier files are as they were")
 
@@ -60,7 +61,7 @@ def _named_os_errors(path: Path) -> Iterator[None]:
     except OSError as e:
         if isinstance(e, OutputError) or e.errno not in _OS_REASONS:
             raise
-        raise OutputError(describe_os_error(OSError(e.errno, e.strerror, str(path)))) from None
+        raise OutputError(describe_os_error(e, path)) from None
 
 
 def _umask() -> int:
@@ -219,7 +220,6 @@ def validate_rows(source: str | Path, rows: Iterable[tuple[int, dict]], record_t
             field = ".".join(str(p) for p in err["loc"]) or None
             raise DataFileError(source, number, field, err["msg"].removeprefix("Value error, "), unit=unit) from None
     return records
-
 
 
 def records_sha256(records: Iterable[BaseModel], settings: dict | None = None) -> str:

@@ -7,7 +7,8 @@
 
 Every step writes its file atomically and is skipped when its file exists, so a rerun after a kill continues; the
 trainer resumes from its own checkpoints. OUT/fingerprint.json (the prompts' hash, the starting judge, the settings)
-must match before anything in OUT is reused: other prompts or settings are refused, or discarded with `force`. OUT/summary.json lists each judge's accuracy and position consistency.
+must match before anything in OUT is reused: other prompts or settings are refused, or discarded with `force`.
+OUT/summary.json lists each judge's accuracy and position consistency.
 """
 
 from __future__ import annotations

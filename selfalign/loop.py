@@ -341,9 +341,10 @@ def stage_export(recipe: Recipe, run_dir: Path, it_dir: Path, iteration: int, ma
     for t in info["evaluation"]:
         evaluation = run_dir / f"iter_{int(t):02d}" / "eval.json"
         if evaluation.exists():
+            # accuracy_intervals says "majority"; the evaluation stage records it as majority_at_<k>
+            majority = next((k for k in info["evaluation"][t] if k.startswith("majority_at_")), "majority")
             intervals = accuracy_intervals(json.loads(evaluation.read_text()))
-            info["intervals"][t] = {{"majority": next((k for k in info["evaluation"][t] if k.startswith("majority_at_")),
-                                                      "majority")}.get(k, k): v for k, v in intervals.items()}
+            info["intervals"][t] = {majority if k == "majority" else k: v for k, v in intervals.items()}
     info["base_model"] = recipe.model
     result = export(it_dir / "checkpoint", it_dir / "merged", dtype=recipe.export_dtype, force=True, card_info=info)
     return {"max_logit_diff": result["max_logit_diff"]}

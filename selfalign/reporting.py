@@ -123,6 +123,7 @@ def _interval(bounds) -> str:
 def accuracy_intervals(evaluation: dict) -> dict[str, tuple[float, float, float]]:
     """(value, low, high) 95% intervals of an eval.json's accuracies: Wilson for greedy and majority (proportions of
     prompts), a normal interval over prompts for sampled accuracy (a mean of per-prompt shares)."""
+    from selfalign.evaluation.files import stderr
     from selfalign.verifier_check import wilson_interval
 
     intervals = {}
@@ -133,8 +134,7 @@ def accuracy_intervals(evaluation: dict) -> dict[str, tuple[float, float, float]
     shares = evaluation.get("sampled_correct")
     if shares and len(shares) > 1:
         mean = sum(shares) / len(shares)
-        sd = (sum((x - mean) ** 2 for x in shares) / (len(shares) - 1)) ** 0.5
-        half = 1.96 * sd / len(shares) ** 0.5
+        half = 1.96 * stderr(shares)
         intervals["sampled_accuracy"] = (mean, max(0.0, mean - half), min(1.0, mean + half))
     return intervals
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from selfalign.errors import ConfigError
 from selfalign.evaluation.common import _flat, _fmt
-from selfalign.io import write_jsonl
+from selfalign.io import write_json, write_jsonl
 
 # eval.json's per-item lists (0/1, or a fraction of right samples), each beside the accuracy it averages
 ITEM_LISTS = ("greedy_correct", "sampled_correct", "majority_correct", "selected_correct")
@@ -51,16 +51,16 @@ def samples_path(eval_json: Path) -> Path:
     return eval_json.with_name(f"{eval_json.stem}.samples.jsonl")
 
 
-def write_heldout(out: Path, header: dict, result: dict) -> tuple[Path, Path]:
-    """eval.json (numbers, stderrs, per-item 0/1 lists) and its samples file (one line per greedy item)."""
-    from selfalign.io import write_json
-
+def write_heldout(out: Path, header: dict, result: dict) -> tuple[dict, Path, Path]:
+    """eval.json (numbers, stderrs, per-item 0/1 lists) and its samples file (one line per greedy item); returns what
+    eval.json holds and both paths."""
     items = result.pop("greedy_items", [])
     out = Path(out)
-    write_json(out, {**header, **result, **heldout_stderrs(result)})
+    written = {**header, **result, **heldout_stderrs(result)}
+    write_json(out, written)
     if items:
         write_jsonl(samples_path(out), items)
-    return out, samples_path(out)
+    return written, out, samples_path(out)
 
 
 def read_eval(path: Path) -> tuple[str, dict, dict]:

@@ -151,5 +151,4 @@ def _save_final(accelerator, model, tokenizer, cfg: TrainConfig, out_dir: Path, 
                                                "use_peft": cfg.use_peft, "load_in_4bit": cfg.load_in_4bit,
                                                "files": files})
     accelerator.wait_for_everyone()
-    final = out_dir
-    return {"output": str(final), "kind": "lora-adapter" if cfg.use_peft or cfg.load_in_4bit else "full-model"}
+    return {"output": str(out_dir), "kind": "lora-adapter" if cfg.use_peft or cfg.load_in_4bit else "full-model"}
