@@ -122,3 +122,27 @@ def test_two_first_commands_on_an_empty_model_cache_both_succeed(tmp_path, cli_e
     assert len(paths) == 1 and (Path(paths.pop()) / "model.safetensors").exists()
     leftovers = [p.name for p in (tmp_path / "cache" / "models").iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_training_never_writes_into_a_folder_of_the_users_files(tmp_path, tiny_model_path, monkeypatch):
+    """The final weights and their README.md land at OUT's root: a project folder (or `.`) is refused, even with
+    --force, and its README.md is untouched; an empty folder and our own earlier output are used."""
+    from selfalign.io import write_jsonl
+    from test_train import _pairs
+
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, _pairs(4))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("# my project\n")
+    monkeypatch.chdir(project)
+    train = ["train", "--pairs", pairs, "--model", tiny_model_path, "--max-steps", "1", "--lora-r", "4",
+             "--report-to", "none"]
+    for out in (project, "."):
+        for force in ([], ["--force"]):
+            _one_line_error(_invoke(*train, "--out", out, *force), "holds files selfalign did not write (README.md)")
+    assert (project / "README.md").read_text() == "# my project\n" and sorted(p.name for p in project.iterdir()) \
+        == ["README.md"]
+    fresh = tmp_path / "fresh"
+    assert _invoke(*train, "--out", fresh).exit_code == 0
+    assert _invoke(*train, "--out", fresh).exit_code == 0, "its own output is resumed, not refused"

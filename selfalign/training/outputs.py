@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,6 +15,8 @@ from selfalign.errors import SelfAlignError
 from selfalign.io import records_sha256, write_json
 from selfalign.training.config import TrainConfig
 from selfalign.training.value_head import split_value_head
+
+TRAINING_MARKER = "selfalign_training.json"  # written last: the final weights at OUT's root are complete
 
 
 class TrainingError(SelfAlignError, ValueError):
@@ -75,9 +78,31 @@ def run_fingerprint(cfg: TrainConfig, records) -> dict:
             "records": len(records)}
 
 
+# What a training run writes at OUT's top level, besides checkpoint-N/ and the final files its marker lists
+_OWN_NAMES = {"fingerprint.json", "train_config.json", "train_summary.json", "metrics.jsonl", "logs", "checkpoints",
+              "final", ".final.tmp", TRAINING_MARKER}
+# `.NAME.*.tmp`: an atomic write in progress (another rank may be writing fingerprint.json while this one looks)
+_OWN_PATTERN = re.compile(r"\.?checkpoint-\d+(\.tmp)?|rank-\d+-checksum\.json|\..+\.tmp")
+
+
+def foreign_files(out_dir: Path) -> list[str]:
+    """Names in OUT that no training run wrote. The final weights and their README.md land at OUT's root, so a folder
+    holding other files (a project's own README.md, `.`) is never trained into; one with our fingerprint is ours."""
+    if not out_dir.is_dir() or (out_dir / "fingerprint.json").exists():
+        return []
+    ours = _OWN_NAMES | {p.name for p in final_files(out_dir)}
+    return sorted(p.name for p in out_dir.iterdir() if p.name not in ours and not _OWN_PATTERN.fullmatch(p.name))
+
+
 def check_output_folder(out_dir: Path, fingerprint: dict, force: bool) -> list[Path]:
     """Resume only a run of the same configuration and data. Returns what another run left that `force` discards
-    (the caller deletes it on the main process); reads only, so every rank raises alike."""
+    (the caller deletes it on the main process); reads only, so every rank raises alike. A folder holding files no
+    run wrote is refused, even with `force`: nothing of the user's is replaced or deleted."""
+    foreign = foreign_files(out_dir)
+    if foreign:
+        raise TrainingError(f"{out_dir}: holds files selfalign did not write ({', '.join(foreign[:5])}"
+                            f"{', ...' if len(foreign) > 5 else ''}); the final weights and their README.md go to the "
+                            "output folder's root, so it is not used, even with --force. Give a new or empty folder")
     saved_path = out_dir / "fingerprint.json"
     left = [*checkpoints(out_dir), *final_files(out_dir)]
     left += [p for p in (out_dir / "checkpoints", out_dir / "final", out_dir / "metrics.jsonl") if p.exists()]
@@ -98,9 +123,6 @@ def check_output_folder(out_dir: Path, fingerprint: dict, force: bool) -> list[P
         raise TrainingError(f"{out_dir} holds {what}; it would resume from there. Use a new --out, or --force to "
                             "discard it and start over")
     return left
-
-
-TRAINING_MARKER = "selfalign_training.json"  # written last: the final weights at OUT's root are complete
 
 
 def final_files(out_dir: Path) -> list[Path]:
