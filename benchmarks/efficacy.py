@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from selfalign import yaml_io
 from machine import cpu_flags  # benchmarks/machine.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def main():
     parser.add_argument("--out", default="runs/efficacy")
     args = parser.parse_args()
 
-    recipe = yaml.safe_load(Path(args.recipe).read_text())
+    recipe = yaml_io.load(args.recipe)
     print(f"recipe {args.recipe}; CPU AVX512/AMX flags: {cpu_flags()}", flush=True)
     rows = {}
     for seed in args.seeds:
@@ -74,7 +74,7 @@ def main():
                             "sampled_limit": args.sampled_limit, "k": args.k}}
         recipe_path = Path(args.out) / f"{name}.yaml"
         recipe_path.parent.mkdir(parents=True, exist_ok=True)
-        recipe_path.write_text(yaml.safe_dump(variant, sort_keys=False))
+        yaml_io.write(recipe_path, variant)
         started = time.perf_counter()
         code = subprocess.call([sys.executable, "-m", "selfalign.cli", "run", str(recipe_path), "--out", str(run_dir)],
                                cwd=REPO)

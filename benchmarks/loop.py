@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from selfalign import yaml_io
 from machine import cpu_flags  # benchmarks/machine.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def baseline_python(rev: str, workdir: Path) -> tuple[str, Path]:
 
 def recipe_data(recipe: Path) -> list[str]:
     """The data files a recipe reads (its prompts and its held-out set), as written in it."""
-    data = yaml.safe_load(recipe.read_text())
+    data = yaml_io.load(recipe)
     return [f for f in (data.get("prompts"), (data.get("eval") or {}).get("data")) if f]
 
 
@@ -92,12 +92,12 @@ def summary(run_dir: Path, wall: float) -> dict:
 
 
 def small_recipe(recipe: Path, workdir: Path) -> Path:
-    data = yaml.safe_load(recipe.read_text())
+    data = yaml_io.load(recipe)
     data["prompts_per_iteration"] = 24
     data["train"]["max_steps"] = 6
     data["eval"].update(limit=60, sampled_limit=20)
     path = workdir / "small.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    yaml_io.write(path, data)
     return path
 
 

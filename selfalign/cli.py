@@ -13,7 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from selfalign.cli_engine import with_engine_flags
-from selfalign.generation import ENGINES
+from selfalign.generation import ENGINES, GenerationConfig
+from selfalign.generation.options import EngineOptions
 from selfalign.judging.mbr import UTILITIES
 from selfalign.cli_utils import console, load_config, one_line, parse_set_options, print_error, setup_logging
 from selfalign.errors import ConfigError, SelfAlignError
@@ -85,6 +86,8 @@ def info() -> None:
 
 
 @app.command()
+@with_config_flags(GenerationConfig, names={"record_logprobs": ("--logprobs/--no-logprobs",)},
+                   skip=tuple(EngineOptions.model_fields), into="sampling", panel="Sampling")
 @with_engine_flags()
 def generate(
     prompts: Path = typer.Option(..., help="JSONL, one {'prompt': str} or {'messages': [...]} per line"),
@@ -92,19 +95,6 @@ def generate(
     model: str = typer.Option("default", help="hub id, local folder, .gguf file, or 'default'"),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON with generation fields (a recipe's `generation:`)  "
                                                      "[default: none]"),
-    engine: Optional[str] = typer.Option(None, help=f"{' | '.join(ENGINES)}  [default: auto]"),
-    n: Optional[int] = typer.Option(None, help="samples per prompt  [default: 8]"),
-    temperature: Optional[float] = typer.Option(None, help="[default: 0.8]"),
-    top_p: Optional[float] = typer.Option(None, help="[default: 1.0]"),
-    min_p: Optional[float] = typer.Option(None, help="min-p sampling; 0 is off  [default: 0.0]"),
-    max_new_tokens: Optional[int] = typer.Option(None, help="[default: 256]"),
-    stop: Optional[list[str]] = typer.Option(None, help="stop string (repeatable)  [default: none]"),
-    seed: Optional[int] = typer.Option(None, help="[default: 0]"),
-    logprobs: Optional[bool] = typer.Option(None, "--logprobs", help="record each sample's summed log-prob  "
-                                                                     "[default: off]"),
-    truncate_prompts: Optional[bool] = typer.Option(None, "--truncate-prompts", help="cut prompts longer than the "
-                                                    "model's context (keeping the end) instead of refusing them  "
-                                                    "[default: off]"),
     limit: Optional[int] = typer.Option(None, help="only the first N prompts  [default: all]"),
     show: int = typer.Option(0, help="print a table of the first N samples"),
     select: Optional[str] = typer.Option(None, help="mbr | self-verify: write one chosen sample per prompt to OUT "
@@ -114,19 +104,16 @@ def generate(
     mbr_references: Optional[int] = typer.Option(None, help="--select mbr: pseudo-references per sample  "
                                                  "[default: 8]"),
     layout: dict = None,
+    sampling: dict = None,
 ) -> None:
     """Sample N completions per prompt from a model; with --select, keep one per prompt (MBR or self-verification)."""
     import time
 
-    from selfalign.generation import GenerationConfig, get_engine, prompt_ids
+    from selfalign.generation import get_engine, prompt_ids
     from selfalign.io import prepare_output, read_jsonl, require_records, write_jsonl
     from selfalign.records import PromptRecord
 
-    cfg = load_config(GenerationConfig, config, {"engine": engine, "n": n, "temperature": temperature, "top_p": top_p,
-                                                 "min_p": min_p, "max_new_tokens": max_new_tokens, "stop": stop or None,
-                                                 "seed": seed,
-                                                 "record_logprobs": logprobs, "truncate_prompts": truncate_prompts,
-                                                 **layout})
+    cfg = load_config(GenerationConfig, config, {**sampling, **layout})
     records = require_records(read_jsonl(prompts, PromptRecord)[:limit], prompts, "prompts")
     prompt_ids(records, str(prompts))  # duplicates fail here, before a model loads
     selection = None

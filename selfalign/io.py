@@ -222,14 +222,18 @@ def validate_rows(source: str | Path, rows: Iterable[tuple[int, dict]], record_t
     return records
 
 
-def records_sha256(records: Iterable[BaseModel], settings: dict | None = None) -> str:
-    """A hash of the records' content (and of `settings`, when given): the fingerprint that a resumable output
-    (a judge partial, a training folder) must match before it is continued."""
+def fingerprint(settings: dict | None = None, records: Iterable[BaseModel] = (),
+                files: Iterable[str | Path] = ()) -> str:
+    """The one fingerprint every resume checks (a judge partial, a training folder, judge-train's steps, the loop's
+    engine jobs): a hash of `settings` (when given), the records' content and the files' bytes, in that order. An
+    output is continued only when the fingerprint it was written under matches the one computed now."""
     digest = hashlib.sha256()
     if settings is not None:
         digest.update(json.dumps(settings, sort_keys=True).encode())
     for record in records:
         digest.update(record.model_dump_json().encode())
+    for path in files:
+        digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 
 

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import read_jsonl, records_sha256, write_json, write_jsonl
+from selfalign.io import fingerprint, read_jsonl, write_json, write_jsonl
 from selfalign.judging.self_taught import (ContrastPair, SelfTaughtConfig, Verdict, build_contrast_pairs,
                                            judge_accuracy, judge_verdicts, verdict_pairs)
 from selfalign.records import PromptRecord
@@ -39,25 +39,25 @@ def _accuracy(engine, heldout: list[ContrastPair], cfg: SelfTaughtConfig, path: 
 def check_fingerprint(out: Path, prompts: list[PromptRecord], judge_model: str, cfg: SelfTaughtConfig,
                       force: bool = False) -> None:
     """Reuse OUT's files only for the same prompts, starting judge and settings (more iterations may be added)."""
-    fingerprint = {"prompts_sha256": records_sha256(prompts), "judge_model": judge_model,
-                   "settings": cfg.model_dump(mode="json")}
+    expected = {"prompts_sha256": fingerprint(records=prompts), "judge_model": judge_model,
+                "settings": cfg.model_dump(mode="json")}
     path = out / "fingerprint.json"
     saved = json.loads(path.read_text()) if path.exists() else None
     ours = [out / "contrast.jsonl", out / "summary.json", *sorted(out.glob("iter_[0-9][0-9]"))]
-    if saved != fingerprint and any(p.exists() for p in ours):
+    if saved != expected and any(p.exists() for p in ours):
         if not force:
             if saved is None:
                 what = "judge-train files with no fingerprint"
             else:
-                changed = [k for k in ("prompts_sha256", "judge_model") if saved.get(k) != fingerprint[k]]
-                changed += [f"settings.{k}" for k in fingerprint["settings"]
-                            if saved.get("settings", {}).get(k) != fingerprint["settings"][k]]
+                changed = [k for k in ("prompts_sha256", "judge_model") if saved.get(k) != expected[k]]
+                changed += [f"settings.{k}" for k in expected["settings"]
+                            if saved.get("settings", {}).get(k) != expected["settings"][k]]
                 what = "a judge-train run with other " + ", ".join(changed[:4])
             raise JudgeTrainError(f"{out} holds {what}; reusing its verdicts would mix two runs. Use a new --out, or "
                                   "--force to discard them")
         for p in ours:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    write_json(path, fingerprint)
+    write_json(path, expected)
 
 
 def train_judge(prompts_path: str | Path, out_dir: str | Path, judge_model: str, iterations: int,

@@ -9,7 +9,6 @@ loads only when some job is left to do.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -21,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from selfalign.evaluation.heldout import HeldoutConfig
 from selfalign.generation import EngineName, GenerationConfig
 from selfalign.generation.options import EngineOptions
-from selfalign.io import write_json, write_jsonl
+from selfalign.io import fingerprint, write_json, write_jsonl
 
 
 class GenerateJob(BaseModel):
@@ -59,13 +58,10 @@ class PolicyJobs(BaseModel):
     jobs: list[Job]
 
 
-def fingerprint(job: GenerateJob | HeldoutJob, model: str) -> str:
+def job_fingerprint(job: GenerateJob | HeldoutJob, model: str) -> str:
     """What a job's output depends on: the job's settings, the policy and the input prompts' content."""
-    digest = hashlib.sha256(json.dumps({"job": job.model_dump(mode="json"), "model": model}, sort_keys=True).encode())
     source = Path(job.prompts if isinstance(job, GenerateJob) else job.config.data)
-    if source.exists():
-        digest.update(source.read_bytes())
-    return digest.hexdigest()
+    return fingerprint({"job": job.model_dump(mode="json"), "model": model}, files=[source] if source.exists() else [])
 
 
 def marker_path(job: GenerateJob | HeldoutJob) -> Path:
@@ -81,7 +77,7 @@ def finished(job: GenerateJob | HeldoutJob, model: str) -> dict | None:
         info = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return info if info.get("fingerprint") == fingerprint(job, model) else None
+    return info if info.get("fingerprint") == job_fingerprint(job, model) else None
 
 
 def run_jobs(spec: PolicyJobs, console=None, engine=None) -> list[dict]:
@@ -104,7 +100,7 @@ def run_jobs(spec: PolicyJobs, console=None, engine=None) -> list[dict]:
         for job in todo:
             started = time.perf_counter()
             info = _run_one(engine, job, spec.model)
-            info.update(fingerprint=fingerprint(job, spec.model), seconds=round(time.perf_counter() - started, 1),
+            info.update(fingerprint=job_fingerprint(job, spec.model), seconds=round(time.perf_counter() - started, 1),
                         engine=engine.name, engine_load_seconds=round(load_seconds, 1))
             write_json(marker_path(job), info)  # after the output: a marker always means a complete output
             if console:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from selfalign.generation.options import EngineOptions
-from selfalign.generation.vllm_engine import set_cpu_defaults, vllm_dtype
+from selfalign.generation.vllm_engine import cpu_defaults, vllm_dtype
 
 
 def _flag(key: str, value) -> list[str]:
@@ -36,9 +36,8 @@ def vllm_serve_command(model: str, host: str, port: int, options: EngineOptions,
     from selfalign.models import resolve_model
 
     on_gpu = torch.cuda.is_available()
-    env = dict(os.environ)
-    if not on_gpu:  # as the offline engine does on CPU: all cores bound, no reserved core, float32, eager
-        set_cpu_defaults(env)
+    # As the offline engine does on CPU: all cores bound, no reserved core, float32, eager (the user's values win).
+    env = {**({} if on_gpu else cpu_defaults()), **os.environ}
     dtype = vllm_dtype(options.dtype, on_gpu)
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
             "--served-model-name", model, "--host", host, "--port", str(port), "--seed", str(seed),

@@ -1,4 +1,4 @@
-"""The one YAML reader for recipes, stage configs, `--set` values and evaluation protocols.
+"""The one YAML reader (and writer) for recipes, stage configs, `--set` values, evaluation protocols and benchmarks.
 
 PyYAML's `safe_load` is safe from code execution but not from two things a recipe can hold:
 - duplicate keys, silently resolved to the last one (`beta: 0.1` ... `beta: 10`): refused here, with both lines;
@@ -102,3 +102,11 @@ def read_text(path: str | Path, what: str = "file") -> str:
 def load(path: str | Path):
     """Read and parse a YAML (or JSON) file; errors name the file (and the line)."""
     return loads(read_text(path), path)
+
+
+def write(path: str | Path, data) -> None:
+    """Write `data` as YAML, keys in their order, atomically (a stage config the loop passes to its subprocess)."""
+    from selfalign.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

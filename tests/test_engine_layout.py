@@ -180,3 +180,17 @@ def test_ray_backend_runs_vllm_cpu_replicas_on_two_nodes(two_node_ray_cluster, m
     assert all(s.text and s.logprob is not None and s.token_ids for s in samples)
     reference = get_engine("hf", "default").generate(PROMPTS, SamplingSettings(temperature=0.0, max_new_tokens=12))
     assert [s.text for s in greedy] == [s.text for s in reference]
+
+
+def test_engine_settings_apply_while_it_starts_and_the_users_own_values_win(monkeypatch):
+    from selfalign.generation.vllm_engine import cpu_defaults, environment_defaults
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    before = dict(os.environ)
+    with pytest.raises(RuntimeError):
+        with environment_defaults(cpu_defaults()):
+            assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"  # the user's
+            assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == f"0-{os.cpu_count() - 1}"
+            raise RuntimeError("the engine failed to start")
+    assert dict(os.environ) == before

@@ -56,12 +56,12 @@ def test_judge_partial_from_other_samples_is_refused_not_merged(tmp_path):
     old = _samples(tmp_path / "old.jsonl", ["The answer is 4.", "The answer is 5."])
     from selfalign.io import read_jsonl
     from selfalign.judging.self_consistency import score_self_consistency
-    from selfalign.io import records_sha256
+    from selfalign.io import fingerprint
 
     # what a killed run on the old samples leaves behind: header + one finished group
     old_records = read_jsonl(old, Sample)
     partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps({"fingerprint": records_sha256(old_records, {})}) + "\n" + json.dumps(
+    partial.write_text(json.dumps({"fingerprint": fingerprint({}, old_records)}) + "\n" + json.dumps(
         {"prompt_id": "q", "samples": [s.model_dump(mode="json") for s in score_self_consistency(old_records)]}) + "\n")
     new = _samples(tmp_path / "new.jsonl", ["The answer is 7.", "The answer is 7."])
     refused = _invoke("judge", "--samples", new, "--out", out)
@@ -76,13 +76,13 @@ def test_judge_resumes_its_own_partial(tmp_path):
     samples = _samples(tmp_path / "s.jsonl", ["The answer is 4.", "The answer is 4.", "The answer is 5."])
     from selfalign.io import read_jsonl
     from selfalign.judging.scorers import JudgeConfig
-    from selfalign.io import records_sha256
+    from selfalign.io import fingerprint
 
     out = tmp_path / "scored.jsonl"
     records = read_jsonl(samples, Sample)
     settings = JudgeConfig().resume_settings()
     canned = [{**s.model_dump(mode="json"), "score": 0.123, "scorer": "from-partial"} for s in records]
-    out.with_name(out.name + ".partial").write_text(json.dumps({"fingerprint": records_sha256(records, settings)}) +
+    out.with_name(out.name + ".partial").write_text(json.dumps({"fingerprint": fingerprint(settings, records)}) +
                                                     "\n" + json.dumps({"prompt_id": "q", "samples": canned}) + "\n")
     assert _invoke("judge", "--samples", samples, "--out", out).exit_code == 0
     assert {json.loads(line)["scorer"] for line in out.read_text().splitlines()} == {"from-partial"}
@@ -443,13 +443,13 @@ def test_judge_partial_from_other_settings_is_refused(tmp_path):
     """Same samples, another scorer: its partial scores must not be reused either."""
     from selfalign.io import read_jsonl
     from selfalign.judging.scorers import JudgeConfig
-    from selfalign.io import records_sha256
+    from selfalign.io import fingerprint
 
     samples = _samples(tmp_path / "s.jsonl", ["The answer is 4.", "The answer is 5."])
     out = tmp_path / "scored.jsonl"
     other = JudgeConfig(scorer="reward-model").resume_settings()
     out.with_name(out.name + ".partial").write_text(
-        json.dumps({"fingerprint": records_sha256(read_jsonl(samples, Sample), other)}) + "\n")
+        json.dumps({"fingerprint": fingerprint(other, read_jsonl(samples, Sample))}) + "\n")
     _one_line_error(_invoke("judge", "--samples", samples, "--out", out), "holds scores of other samples or judge "
                     "settings")
 

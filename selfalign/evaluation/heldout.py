@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import random
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict, Field
 
-from selfalign.generation import MinP, SamplingSettings, TopP
+from selfalign.generation import SamplingFields, SamplingSettings
 from selfalign.judging.answers import extract_answer, majority_answer, normalize_number
 from selfalign.records import PromptRecord, group_by_prompt, prompt_id_of
 from selfalign.selection import SelectConfig
 
 
-class HeldoutConfig(BaseModel):
+class HeldoutConfig(SamplingFields):
+    """The held-out evaluation: greedy accuracy, and with the sampling fields, sampled accuracy and majority@k."""
+
     model_config = ConfigDict(extra="forbid")
     data: str
     limit: int | None = None
     k: int = 8
     sampled_limit: int | None = None  # sampled/majority@k on the first N prompts only (greedy uses `limit`)
-    temperature: float = 0.8
-    top_p: TopP = 1.0
-    min_p: MinP = 0.0
-    max_new_tokens: int = 128
+    max_new_tokens: int = Field(128, ge=1, description="the most tokens an answer may have")
     self_revision_rounds: int = 0
     select: SelectConfig | None = None  # also the accuracy of one sample chosen from the k (MBR or self-verify)
 

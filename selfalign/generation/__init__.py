@@ -25,46 +25,51 @@ EngineName = Literal[ENGINES]
 
 MIN_P_HELP = ("min-p sampling (Nguyen et al. 2024, arXiv:2407.01082): drop tokens whose probability is below min_p "
               "times the most likely token's; 0 turns it off")
-# The sampling knobs that the generate stage, `SamplingSettings` and the held-out evaluation all declare.
-TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, description="nucleus sampling: keep the smallest set of tokens whose "
+                                                          "probability adds up to top_p")]
 MinP = Annotated[float, Field(ge=0.0, le=1.0, description=MIN_P_HELP)]
 
 
-class SamplingSettings(BaseModel):
-    n: int = Field(1, ge=1)
-    temperature: float = Field(0.8, ge=0.0)
+class SamplingFields(BaseModel):
+    """The sampling knobs, declared once: the generate stage's config, the engine's per-call settings and the
+    held-out evaluation all take them from here."""
+
+    temperature: float = Field(0.8, ge=0.0, description="sampling temperature; 0 decodes greedily")
     top_p: TopP = 1.0
     min_p: MinP = 0.0
-    max_new_tokens: int = Field(256, ge=1)
-    stop: list[str] = Field(default_factory=list)
+    max_new_tokens: int = Field(256, ge=1, description="the most tokens a sample may have")
+
+
+class CompletionFields(SamplingFields):
+    """Sampling knobs that only generation (not the held-out evaluation, which fixes its protocol) sets."""
+
+    stop: list[str] = Field(default_factory=list, description="strings that end a sample (not included)")
+    truncate_prompts: bool = Field(False, description="cut prompts longer than the model's context (keeping the end "
+                                   "of their last message) instead of refusing them")
+
+
+class SamplingSettings(CompletionFields):
+    """What one `engine.generate` call samples."""
+
+    n: int = Field(1, ge=1)
     seed: int = 0
     logprobs: bool = Field(False, description="record each sample's token ids and summed log-prob (untempered)")
-    truncate_prompts: bool = Field(False, description="cut prompts longer than the context (keeping the end of "
-                                   "their last message) instead of refusing them")
 
 
-class GenerationConfig(EngineOptions):
+class GenerationConfig(CompletionFields, EngineOptions):
     """The generate stage's settings: a recipe's `generation:` step, or `selfalign generate --config`. The engine's
     layout (tensor/data parallelism, memory, dtype, engine_kwargs) sits beside the sampling fields."""
 
     model_config = ConfigDict(extra="forbid")
     engine: EngineName = "auto"
     n: int = Field(8, ge=1, description="samples per prompt")
-    temperature: float = Field(0.8, ge=0.0)
-    top_p: TopP = 1.0
-    min_p: MinP = 0.0
-    max_new_tokens: int = Field(256, ge=1)
-    stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(None, description="sampling seed; unset: 0, or in `selfalign run` recipe seed + iteration")
     record_logprobs: bool = Field(False, description="record each sample's token ids and summed log-prob "
                                   "(untempered): the reference log-probs for training on these samples")
-    truncate_prompts: bool = Field(False, description="cut prompts longer than the model's context (keeping the end "
-                                   "of their last message) instead of refusing them")
 
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(n=self.n, temperature=self.temperature, top_p=self.top_p, min_p=self.min_p,
-                                max_new_tokens=self.max_new_tokens, stop=self.stop, seed=self.seed or 0,
-                                logprobs=self.record_logprobs, truncate_prompts=self.truncate_prompts)
+        return SamplingSettings(**{name: getattr(self, name) for name in CompletionFields.model_fields},
+                                n=self.n, seed=self.seed or 0, logprobs=self.record_logprobs)
 
 
 class Engine(Protocol):

