@@ -155,28 +155,6 @@ def generate(
         Console().print(table)
 
 
-@app.command("policy-jobs", hidden=True)  # the loop's engine server, not a user command
-def policy_jobs(jobs: Optional[Path] = typer.Option(None, help="YAML/JSON: model, engine, seed and a list of "
-                                                    "generate / eval-heldout jobs  "
-                                                    "[default: none, read from --serve's stdin]"),
-                serve: bool = typer.Option(False, "--serve", help="keep one engine and run the job files named on "
-                                           "stdin, one JSON line each (how `selfalign run` keeps its engine)")) -> None:
-    """Several generation jobs on one engine (the loop's evaluation of a policy and its next sampling); each output is
-    written atomically and skipped on rerun when done."""
-    import sys
-
-    from selfalign.errors import ConfigError
-    from selfalign.policy_jobs import PolicyJobs, run_jobs
-
-    if serve:
-        from selfalign.policy_jobs import serve as serve_jobs
-
-        return serve_jobs(sys.stdin, console)
-    if jobs is None:
-        raise ConfigError("policy-jobs needs --jobs FILE (or --serve)")
-    run_jobs(load_config(PolicyJobs, jobs, {}), console)
-
-
 @app.command()
 def judge(
     samples: Path = typer.Option(..., help="samples JSONL from `selfalign generate`"),

@@ -55,20 +55,22 @@ class Manifest:
 class Stage:
     """A stage, declared once: its name (in the manifest and the display), the recipe section that configures it,
     its work (a function of the step, returning the result the manifest records), the files it leaves in its
-    iteration's folder, when the recipe has it at all, and how its own work continues after a kill."""
+    iteration's folder, how its own work continues after a kill, whether it samples from the run's engine, and when
+    the recipe has it at all."""
 
     name: str
     config: str
     work: Callable[["Step"], dict]
     outputs: tuple[str, ...]
     resumes: str
+    engine: bool = False
     applies: Callable[[object], bool] = field(default=lambda recipe: True)
 
 
 @dataclass
 class Step:
     """One stage of one iteration, with what its work reads: the recipe, the run's folder and record, the engine
-    that serves the run's policies, the display and the run's last iteration."""
+    that serves the run's policies and the display."""
 
     stage: Stage
     iteration: int
@@ -77,7 +79,6 @@ class Step:
     manifest: Manifest
     engines: object = None
     display: object = None
-    last: int = 1
 
     @property
     def it_dir(self) -> Path:
@@ -91,8 +92,9 @@ class Step:
         return None
 
 
-def execute(steps: list[Step], after=None) -> None:
-    """Run the steps in order, from the first one not done; `after(step)` runs after every step (done or skipped)."""
+def execute(steps: list[Step], before=None, after=None) -> None:
+    """Run the steps in order, from the first one not done; `before(step)` runs before each step that runs,
+    `after(step)` after every step (run or skipped)."""
     first = next((i for i, step in enumerate(steps) if step.done() is None), len(steps))
     for i, step in enumerate(steps):
         display = step.display
@@ -102,6 +104,8 @@ def execute(steps: list[Step], after=None) -> None:
             if display is not None:
                 display.done({}, 0.0, skipped=True)
         else:
+            if before is not None:
+                before(step)
             started = time.perf_counter()
             try:
                 info = step.stage.work(step) or {}

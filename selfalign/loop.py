@@ -29,13 +29,15 @@ __all__ = ["run", "plan", "BASE_STAGES", "ITERATION_STAGES", "UNTIL", "Manifest"
 _ENGINE_JOBS = "finished engine jobs are kept (each output has a fingerprinted marker); the rest run again"
 
 BASE_STAGES = (
-    Stage("evaluate", "eval", stages.evaluate_base, ("eval.json",), _ENGINE_JOBS,
+    Stage("evaluate", "eval", stages.evaluate, ("eval.json",), _ENGINE_JOBS, engine=True,
           applies=lambda recipe: recipe.eval is not None),
-    Stage("verify", "judge, pairs, verifier_check", stages.verify, ("verifier.json",), _ENGINE_JOBS,
+    Stage("verifier_sample", "generation, verifier_check", stages.verifier_sample, ("verifier_samples.jsonl",),
+          _ENGINE_JOBS, engine=True, applies=stages.checks_verifier),
+    Stage("verify", "judge, pairs", stages.verify, ("verifier.json",), "runs again (the judge keeps a partial file)",
           applies=stages.checks_verifier),
 )
 ITERATION_STAGES = (
-    Stage("generate", "generation", stages.generate, ("samples.jsonl",), _ENGINE_JOBS),
+    Stage("generate", "generation", stages.generate, ("samples.jsonl",), _ENGINE_JOBS, engine=True),
     Stage("judge_train", "judge_training", stages.judge_train, ("judge_training/summary.json",),
           "each judge-train step's file is kept (fingerprinted)", applies=lambda r: r.judge_training is not None),
     Stage("judge", "judge", stages.judge, ("scored.jsonl",), "scored samples are kept in a fingerprinted partial file"),
@@ -43,7 +45,7 @@ ITERATION_STAGES = (
     Stage("train", "train", stages.train, ("checkpoint/train_summary.json",),
           "from its last checkpoint-N (fingerprinted: same data and config)"),
     Stage("export", "export_dtype", stages.export, ("merged",), "runs again (seconds)"),
-    Stage("evaluate", "eval", stages.evaluate, ("eval.json",), _ENGINE_JOBS,
+    Stage("evaluate", "eval", stages.evaluate, ("eval.json",), _ENGINE_JOBS, engine=True,
           applies=lambda recipe: recipe.eval is not None),
 )
 UNTIL = tuple(dict.fromkeys(s.name for s in ITERATION_STAGES + BASE_STAGES))  # --until's choices
@@ -52,19 +54,17 @@ UNTIL = tuple(dict.fromkeys(s.name for s in ITERATION_STAGES + BASE_STAGES))  # 
 def plan(recipe: Recipe, run_dir: Path, manifest: Manifest, last: int, until: str | None = None,
          stage_table: tuple[tuple[Stage, ...], tuple[Stage, ...]] = (BASE_STAGES, ITERATION_STAGES),
          **context) -> list[list[Step]]:
-    """The run's steps, iteration by iteration (iteration 0 first): the stages the recipe has, up to `until` in the
-    last iteration (`verify`: iteration 0 only). `context`: the engines and display every step carries."""
+    """The run's steps, iteration by iteration (iteration 0, before any training, first): the stages the recipe has,
+    up to `until` in the last iteration (a stage of iteration 0 only, like `verify`: that iteration alone).
+    `context`: the engines and display every step carries."""
     base_stages, iteration_stages = stage_table
-    iterations = [(0, base_stages)] + ([] if until == "verify" else
-                                       [(t, iteration_stages) for t in range(1, last + 1)])
-    steps = []
-    for iteration, table in iterations:
-        steps.append([Step(stage, iteration, recipe, run_dir, manifest, last=0 if until == "verify" else last,
-                           **context) for stage in table if stage.applies(recipe)])
-    if until is not None and until != "verify":
-        names = [s.stage.name for s in steps[-1]]
-        if until in names:
-            steps[-1] = steps[-1][:names.index(until) + 1]
+    base_only = until is not None and until not in {stage.name for stage in iteration_stages}
+    tables = [(0, base_stages)] + ([] if base_only else [(t, iteration_stages) for t in range(1, last + 1)])
+    steps = [[Step(stage, iteration, recipe, run_dir, manifest, **context) for stage in table
+              if stage.applies(recipe)] for iteration, table in tables]
+    names = [step.stage.name for step in steps[-1]]
+    if until in names:
+        steps[-1] = steps[-1][:names.index(until) + 1]
     return steps
 
 
@@ -90,6 +90,7 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
         try:
             steps = plan(recipe, run_dir, manifest, last, until, stage_table, engines=engines, display=display)
             execute([step for iteration in steps for step in iteration],
+                    before=lambda step: None if step.stage.engine else engines.release(),
                     after=lambda step: _after(step, steps, on_iteration))
             if until is None:
                 manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,7 +1,10 @@
-"""Where the loop's sampling and evaluation jobs run: the engine behind the executor, never a user command.
+"""Where the loop's sampling and evaluation jobs run: an engine server behind the executor, never a user command.
 
-One `selfalign policy-jobs` subprocess per call (its engine starts each time), or with `keep`, one engine server for
-the whole run that loads each new policy's weights in place. Jobs already done are skipped without starting anything.
+`python -m selfalign.policy_jobs` keeps one engine and runs the job files the loop names on its input, loading each
+new policy's weights in place. Consecutive steps that sample share it (the base evaluation and the verifier's
+samples; the evaluation that ends iteration t and the sampling that starts t+1, the same policy). With `keep` it
+also stays through judging and training (a CPU's default: an engine start costs more than its idle memory); without,
+`release` ends it before a step that does not sample, so the judge and the trainer get the (GPU) memory.
 """
 
 from __future__ import annotations
@@ -9,14 +12,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
-
 
 from selfalign import children, yaml_io
 from selfalign.executor import Manifest, StageError
 from selfalign.progress import RunDisplay, read_progress
-from selfalign.stage_runner import CLI, run_logged, tail
+from selfalign.stage_runner import tail
 
 
 class PolicyEngine:
@@ -26,35 +29,30 @@ class PolicyEngine:
 
     def run(self, policy: str, jobs: list, seed: int, generation, it_dir: Path, name: str,
             display: RunDisplay | None = None) -> list[dict]:
-        """`generation`: the recipe's GenerationConfig, whose engine and layout the jobs run on."""
+        """Run the jobs on `policy` (those not finished); each job's marker. `generation`: the recipe's
+        GenerationConfig, whose engine and layout the jobs run on; `seed` seeds an engine this call starts."""
         from selfalign.policy_jobs import PolicyJobs, finished
 
         spec = PolicyJobs(model=policy, engine=generation.engine, options=generation.engine_options(), seed=seed,
                           jobs=jobs)
         if any(finished(job, policy) is None for job in jobs):
             config_path = it_dir / "config" / f"{name}.yaml"
-            config_path.parent.mkdir(parents=True, exist_ok=True)
             yaml_io.write(config_path, spec.model_dump(mode="json"))
-            log_path = it_dir / "logs" / f"{name}.log"
-            if self.keep:
-                self._serve(config_path, log_path, display)
-            else:
-                self._count_start()
-                run_logged(CLI + ["policy-jobs", "--jobs", str(config_path)], log_path, display)
+            self._request(config_path, it_dir / "logs" / f"{name}.log", display)
         return [finished(job, policy) for job in jobs]
 
-    def _count_start(self) -> None:
+    def _start(self, server_log: Path) -> None:
+        server_log.parent.mkdir(parents=True, exist_ok=True)
         self.manifest.data["engine_starts"] = self.manifest.data.get("engine_starts", 0) + 1
         self.manifest.save()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.server = children.start([sys.executable, "-m", "selfalign.policy_jobs"], stdin=subprocess.PIPE,
+                                     text=True, stdout=open(server_log, "a"), stderr=subprocess.STDOUT, env=env)
 
-    def _serve(self, config_path: Path, log_path: Path, display: RunDisplay | None) -> None:
+    def _request(self, config_path: Path, log_path: Path, display: RunDisplay | None) -> None:
         server_log = self.run_dir / "logs" / "engine.log"
         if self.server is None or self.server.poll() is not None:
-            server_log.parent.mkdir(parents=True, exist_ok=True)
-            self._count_start()
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            self.server = children.start(CLI + ["policy-jobs", "--serve"], stdin=subprocess.PIPE, text=True,
-                                         stdout=open(server_log, "a"), stderr=subprocess.STDOUT, env=env)
+            self._start(server_log)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
             log.write(f"\n{config_path}: run by the run's engine server, whose log is {server_log}\n")
@@ -74,6 +72,11 @@ class PolicyEngine:
         result = json.loads(result_path.read_text())
         if not result["ok"]:
             raise StageError(f"{config_path}: {result['error']}\nlog {server_log}:\n{tail(server_log)}")
+
+    def release(self) -> None:
+        """Before a step that does not sample: end the engine unless the run keeps it."""
+        if not self.keep:
+            self.close()
 
     def close(self, now: bool = False) -> None:
         """End the server: closing its input ends its loop (after the job in hand), which closes the engine; `now`

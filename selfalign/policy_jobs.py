@@ -1,4 +1,4 @@
-"""Several generation jobs on one policy, from one engine: `selfalign policy-jobs --jobs FILE`.
+"""Several generation jobs on one policy, from one engine: the loop's engine server (`python -m selfalign.policy_jobs`).
 
 The loop's evaluation of policy t+1 (ending iteration t) and its sampling for iteration t+1 use the same weights, so
 they share one engine: a vLLM engine start is half a minute to over a minute on CPU, the largest fixed cost of a
@@ -112,7 +112,7 @@ def run_jobs(spec: PolicyJobs, console=None, engine=None) -> list[dict]:
 
 
 def serve(requests, console) -> None:
-    """`selfalign policy-jobs --serve`: one engine for a whole run. Each line of `requests` (the loop writes them to
+    """The engine server: one engine for a whole run (or, without `keep_engine`, for consecutive sampling steps). Each line of `requests` (the loop writes them to
     stdin) is {"jobs": FILE, "progress": FILE}; the jobs run on the engine, switched to their policy in place, and
     FILE.result.json says {"ok": true} or {"ok": false, "error": ...}. Ends at the end of input (the loop closed it,
     or died)."""
@@ -168,3 +168,17 @@ def _run_one(engine, job: GenerateJob | HeldoutJob, model: str) -> dict:
 
     write_heldout(job.out, {"model": model, "engine": engine.name}, result)
     return {"prompts": result["num_prompts"]}
+
+
+def main() -> None:
+    """`python -m selfalign.policy_jobs`: serve the job files named on standard input (started by the loop)."""
+    import sys
+
+    from selfalign.cli_utils import console, setup_logging
+
+    setup_logging()
+    serve(sys.stdin, console)
+
+
+if __name__ == "__main__":
+    main()

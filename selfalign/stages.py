@@ -170,39 +170,24 @@ def _intervals(run_dir: Path, evaluation: dict) -> dict:
     return intervals
 
 
-def samples_next(step: Step) -> bool:
-    """Whether evaluating policy t+1 should also sample iteration t+1's data on the same engine."""
-    return step.iteration < step.last and not step.manifest.stage(step.iteration + 1, "generate")
+def evaluate(step: Step) -> dict:
+    """Held-out accuracy of the policy this iteration trained (iteration 0: the base policy)."""
+    recipe = step.recipe
+    step.it_dir.mkdir(parents=True, exist_ok=True)
+    step.engines.run(policy_of(step.run_dir, recipe, step.iteration + 1), [heldout_job(recipe, step.it_dir)],
+                     recipe.seed, recipe.generation, step.it_dir, "evaluate", step.display)
+    result = json.loads((step.it_dir / "eval.json").read_text())
+    return {k: v for k, v in result.items() if not isinstance(v, list)}
 
 
-def evaluate(step: Step, verifier: bool = False, sample_next: bool | None = None) -> dict:
-    """Evaluate policy t+1 (iteration 0: the base policy); with `verifier` (iteration 0), the same engine also
-    samples the verifier check's held-out prompts, and with `sample_next` iteration t+1's data (those stages then
-    find their samples done)."""
-    recipe, run_dir, it_dir = step.recipe, step.run_dir, step.it_dir
-    sample_next = samples_next(step) if sample_next is None else sample_next
-    it_dir.mkdir(parents=True, exist_ok=True)
-    jobs, seed = [heldout_job(recipe, it_dir)], recipe.seed
-    if verifier:
-        jobs.append(verifier_job(recipe, it_dir))
-    if sample_next:
-        jobs.append(generate_job(recipe, run_dir / f"iter_{step.iteration + 1:02d}", step.iteration + 1))
-        seed = jobs[-1].config.seed
-    markers = step.engines.run(policy_of(run_dir, recipe, step.iteration + 1), jobs, seed, recipe.generation, it_dir,
-                               "evaluate", step.display)
-    result = json.loads((it_dir / "eval.json").read_text())
-    info = {k: v for k, v in result.items() if not isinstance(v, list)}
-    if sample_next:
-        info["next_samples_seconds"] = markers[-1]["seconds"]
-    return info
-
-
-def evaluate_base(step: Step) -> dict:
-    """Iteration 0: the base policy's numbers, to measure gains against. With a verifier check, its verdict comes
-    before iteration 1's sampling is spent: the base request carries the evaluation and the check's samples only (a
-    kept engine then serves iteration 1 as well)."""
-    verify = checks_verifier(step.recipe)
-    return evaluate(step, verifier=verify, sample_next=not verify and samples_next(step))
+def verifier_sample(step: Step) -> dict:
+    """The verifier check's samples: the first `verifier_check` held-out prompts, from the base policy, sampled as
+    the recipe samples its training prompts."""
+    recipe = step.recipe
+    job = verifier_job(recipe, step.it_dir)
+    [marker] = step.engines.run(recipe.model, [job], recipe.seed, recipe.generation, step.it_dir, "verifier-sample",
+                                step.display)
+    return {"prompts": marker["prompts"], "samples": marker["samples"], "engine_seconds": marker["seconds"]}
 
 
 def verify(step: Step) -> dict:
@@ -212,13 +197,12 @@ def verify(step: Step) -> dict:
     from selfalign.verifier_check import diagnose
 
     recipe, it_dir = step.recipe, step.it_dir
-    job = verifier_job(recipe, it_dir)
-    step.engines.run(recipe.model, [job], recipe.seed, recipe.generation, it_dir, "verify-sample", step.display)
     # The judge that iteration 1 will use (with judge training, the starting judge: the one not trained yet).
     config = recipe.judge.model_copy(update={"judge_model": judge_of(step.run_dir, recipe,
                                                                      0 if recipe.judge_training else 1)})
     scored_path = it_dir / "verifier_scored.jsonl"
-    run_stage(["judge"], config, it_dir, display=step.display, samples=job.out, out=scored_path)
+    run_stage(["judge"], config, it_dir, display=step.display, samples=it_dir / "verifier_samples.jsonl",
+              out=scored_path)
     held_out = [p for p in read_jsonl(recipe.eval.data, PromptRecord) if p.answer is not None]
     answers = {prompt_id_of(p, i): p.answer for i, p in enumerate(held_out[:recipe.verifier_check])}
     evaluation = json.loads((it_dir / "eval.json").read_text())

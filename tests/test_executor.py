@@ -44,7 +44,8 @@ def _run(recipe, out, stubs, **options):
 
 
 ONE = ["generate", "judge", "filter", "train", "export", "evaluate"]
-EVERY = [(0, "evaluate"), (0, "verify")] + [(t, name) for t in (1, 2) for name in ONE]
+BASE = [(0, "evaluate"), (0, "verifier_sample"), (0, "verify")]
+EVERY = BASE + [(t, name) for t in (1, 2) for name in ONE]
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_every_declared_stage_runs_in_order_and_a_rerun_skips_them_all(tmp_path,
     assert stubs.calls == EVERY
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["finished"] and manifest["iterations"]["2"]["stages"]["train"]["status"] == "done"
-    assert manifest["iterations"]["1"]["stages"]["filter"]["samples"] == 5  # the stage's result, recorded
+    assert manifest["iterations"]["1"]["stages"]["filter"]["samples"] == EVERY.index((1, "filter")) + 1  # its result
     assert "iter 2/2 · evaluate · done in" in printed[-1]
 
     again = Stubs()
@@ -93,12 +94,12 @@ def test_a_stage_whose_outputs_are_gone_runs_again_with_every_stage_after_it(tmp
 def test_until_stops_after_that_stage_of_the_last_iteration(tmp_path, recipe):
     stubs, out = Stubs(), tmp_path / "run"
     _run(recipe, out, stubs, until="judge", iterations=1)
-    assert stubs.calls == [(0, "evaluate"), (0, "verify"), (1, "generate"), (1, "judge")]
+    assert stubs.calls == BASE + [(1, "generate"), (1, "judge")]
     assert "finished" not in json.loads((out / "manifest.json").read_text())
 
     other = Stubs()
     _run(recipe, tmp_path / "check", other, until="verify")
-    assert other.calls == [(0, "evaluate"), (0, "verify")]
+    assert other.calls == BASE
 
 
 def test_the_plan_has_only_the_stages_the_recipe_asks_for(tmp_path):
@@ -111,6 +112,31 @@ def test_the_plan_has_only_the_stages_the_recipe_asks_for(tmp_path):
     assert [[s.stage.name for s in it] for it in steps] == [[], ONE[:-1]]
     no_check, _ = load_recipe(_recipe(tmp_path, verifier_check=0))
     assert [s.stage.name for s in plan(no_check, tmp_path, manifest, last=1)[0]] == ["evaluate"]
+    assert [[s.stage.name for s in it] for it in plan(no_check, tmp_path, manifest, 2, until="judge")][1:] == \
+        [ONE, ONE[:2]]
     # Every stage says what configures it, what it leaves and how its own work continues after a kill.
     for stage in BASE_STAGES + ITERATION_STAGES:
         assert stage.config and stage.outputs and stage.resumes, stage.name
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_engine_is_released_before_a_step_that_does_not_sample_unless_the_run_keeps_it(tmp_path, monkeypatch,
+                                                                                            keep):
+    """Without keep_engine (a GPU's default) the judge and the trainer get the memory; consecutive sampling steps
+    (the base evaluation and the verifier's samples; evaluate t and generate t+1) share one engine."""
+    from selfalign.policy_engine import PolicyEngine
+
+    closed_after, stubs = set(), Stubs()
+    real_close = PolicyEngine.close
+
+    def close(self, now=False):  # the real close, noting which stub step ran last
+        closed_after.add(stubs.calls[-1] if stubs.calls else None)
+        real_close(self, now)
+
+    monkeypatch.setattr(PolicyEngine, "close", close)
+    _run(_recipe(tmp_path, keep_engine=keep), tmp_path / "run", stubs)
+    if keep:
+        assert closed_after == {(2, "evaluate")}, "kept: closed once, at the end"
+    else:  # before verify (after the verifier's samples) and judge (after generate); never between two samplers
+        assert {(0, "verifier_sample"), (1, "generate"), (2, "generate")} <= closed_after
+        assert not {(0, "evaluate"), (1, "evaluate")} & closed_after

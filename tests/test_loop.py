@@ -86,15 +86,15 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     assert (run_dir / "report.md").exists() and (run_dir / "metrics.png").stat().st_size > 1000
     merged_card = (run_dir / "iter_02" / "merged" / "README.md").read_text()
     assert "tiny" in merged_card and "scpo" in merged_card
-    # Policy 2 (iteration 1's merged export) was evaluated and sampled iteration 2's data in one request to the run's
-    # kept engine, which switched policies in place; and the sampler's log-probs were the reference.
-    shared = yaml.safe_load((run_dir / "iter_01" / "config" / "evaluate.yaml").read_text())
-    assert shared["model"] == str(run_dir / "iter_01" / "merged")
-    assert [job["out"] for job in shared["jobs"]] == [str(run_dir / "iter_01" / "eval.json"),
-                                                    str(run_dir / "iter_02" / "samples.jsonl")]
-    assert not (run_dir / "iter_02" / "logs" / "generate.log").exists()
+    # Policy 2 (iteration 1's merged export) was evaluated, then sampled iteration 2's data, on the run's kept
+    # engine, which switched policies in place; and the sampler's log-probs were the reference.
+    for name, out in (("iter_01/config/evaluate.yaml", "iter_01/eval.json"),
+                      ("iter_02/config/generate.yaml", "iter_02/samples.jsonl")):
+        request = yaml.safe_load((run_dir / name).read_text())
+        assert request["model"] == str(run_dir / "iter_01" / "merged")
+        assert [job["out"] for job in request["jobs"]] == [str(run_dir / out)]
     assert manifest["engine_starts"] == 2, "one kept engine per `selfalign run` process (the kill ended the first)"
-    assert "run by the run's engine server" in (run_dir / "iter_01" / "logs" / "evaluate.log").read_text()
+    assert "run by the run's engine server" in (run_dir / "iter_02" / "logs" / "generate.log").read_text()
     for iteration in ("1", "2"):
         reference = manifest["iterations"][iteration]["stages"]["train"]["reference"]
         assert reference["from_sampler"] > 0 and reference["from_sampler"] + reference["computed"] > 0
@@ -268,7 +268,7 @@ def test_check_verifier_measures_the_judge_before_any_training(tmp_path):
                for line in (run_dir / "iter_00" / "verifier_prompts.jsonl").read_text().splitlines())
     assert not (run_dir / "iter_01").exists(), "the check trains nothing and samples no training data"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert set(manifest["iterations"]["0"]["stages"]) == {"evaluate", "verify"}
+    assert set(manifest["iterations"]["0"]["stages"]) == {"evaluate", "verifier_sample", "verify"}
     run = subprocess.run([sys.executable, "-m", "selfalign.cli", "run", str(recipe), "--out", str(run_dir),
                           "--until", "generate"], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]

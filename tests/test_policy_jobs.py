@@ -88,7 +88,7 @@ def test_engine_server_keeps_one_engine_and_switches_policies(job_files, tiny_mo
 
 
 @pytest.mark.parametrize("keep", [False, True])
-def test_the_loops_policy_engine_runs_jobs_in_a_subprocess_or_a_kept_server(job_files, tiny_model_path, keep):
+def test_the_loops_policy_engine_runs_jobs_in_a_server_kept_or_released_between_steps(job_files, tiny_model_path, keep):
     from selfalign.loop import Manifest, PolicyEngine, StageError
 
     manifest = Manifest(job_files / "manifest.json")
@@ -98,6 +98,8 @@ def test_the_loops_policy_engine_runs_jobs_in_a_subprocess_or_a_kept_server(job_
             spec = _spec(job_files, tiny_model_path, out=name)
             markers = engines.run(spec.model, spec.jobs, 0, GenerationConfig(engine="hf"), job_files / name, "evaluate")
             assert [m["prompts"] for m in markers] == [3, 3]
+            engines.release()  # a step that does not sample comes next: the engine ends unless the run keeps it
+            assert (engines.server is not None) == keep
         assert engines.run(spec.model, spec.jobs, 0, GenerationConfig(engine="hf"), job_files / "two", "evaluate") == markers  # done: skipped
         assert manifest.data["engine_starts"] == (1 if keep else 2)
         bad = _spec(job_files, tiny_model_path, out="bad")
