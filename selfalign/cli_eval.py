@@ -120,31 +120,13 @@ def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(..
           overrides={"num_fewshot": num_fewshot, "max_new_tokens": max_new_tokens, "batch_size": batch_size})
 
 
-@eval_app.command("mt-bench")
-@with_engine_flags()
-def eval_mt_bench(model: str = typer.Option("default"), out: Path = typer.Option(...),
-                  data: Optional[Path] = typer.Option(None, help="FastChat-layout folder  "
-                                                                 "[default: none; required for mt-bench]"),
-                  judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  "
-                                                                 "[default: the evaluated model]"),
-                  judge_base_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
-                  judge_api_key_env: str = "OPENAI_API_KEY",
-                  config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
-                  limit: Optional[int] = typer.Option(None, help=LIMIT_HELP), engine: str = "auto",
-                  select: Optional[str] = typer.Option(None, help=SELECT_HELP),
-                  utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
-                  n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
-                  layout: dict = None) -> None:
-    """MT-Bench: two-turn answers, single-answer grading 1-10 (FastChat conventions and file formats)."""
-    _eval("mt_bench", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
-          _selection(model, select, utility, n),
-          layout=layout)
+def _judged_benchmark(name: str, benchmark: str, data_help: str, summary: str):
+    """`selfalign eval mt-bench` and `alpaca-eval`: one command shape (answers from the model, a judge grades them)."""
 
-
-@eval_app.command("alpaca-eval")
-@with_engine_flags()
-def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(...),
-                data: Optional[Path] = typer.Option(None, help="alpaca_eval folder (default: the hub)"),
+    @eval_app.command(name, help=summary)
+    @with_engine_flags()
+    def command(model: str = typer.Option("default"), out: Path = typer.Option(...),
+                data: Optional[Path] = typer.Option(None, help=data_help),
                 judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  "
                                                                "[default: the evaluated model]"),
                 judge_base_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
@@ -155,10 +137,18 @@ def eval_alpaca(model: str = typer.Option("default"), out: Path = typer.Option(.
                 utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                 n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
                 layout: dict = None) -> None:
-    """AlpacaEval 2.0: win rate against gpt4_1106_preview with the weighted (log-prob) annotator."""
-    _eval("alpaca_eval", model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
-          _selection(model, select, utility, n),
-          layout=layout)
+        _eval(benchmark, model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
+              _selection(model, select, utility, n), layout=layout)
+
+    return command
+
+
+eval_mt_bench = _judged_benchmark("mt-bench", "mt_bench", "FastChat-layout folder  [default: none; required for "
+                                  "mt-bench]", "MT-Bench: two-turn answers, single-answer grading 1-10 (FastChat "
+                                  "conventions and file formats).")
+eval_alpaca = _judged_benchmark("alpaca-eval", "alpaca_eval", "alpaca_eval folder (default: the hub)",
+                                "AlpacaEval 2.0: win rate against gpt4_1106_preview with the weighted (log-prob) "
+                                "annotator.")
 
 
 @eval_app.command("heldout")
