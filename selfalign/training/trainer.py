@@ -49,7 +49,8 @@ def make_accelerator(cfg: TrainConfig, out_dir: Path):
         warn_stale_build_locks()  # before DeepSpeed's op compile, which would wait on one silently
     report_to = [r for r in cfg.report_to if r != "wandb" or _wandb_available()]
     # accelerate keeps one state per process; a second train() in the same process (a notebook, the tests) may ask
-    # for another precision. The distributed part (PartialState) is kept.
+    # for another precision. The distributed part (PartialState) is kept. accelerate 1.15 offers no public call for
+    # this; `_reset_state` is the one its own tests use.
     AcceleratorState._reset_state()
     # None leaves accelerate's own choice (its launch config or --mixed_precision) in force.
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=report_to or None,
