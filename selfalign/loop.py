@@ -28,9 +28,11 @@ __all__ = ["run", "plan", "BASE_STAGES", "ITERATION_STAGES", "UNTIL", "Manifest"
 
 _ENGINE_JOBS = "finished engine jobs are kept (each output has a fingerprinted marker); the rest run again"
 
+# Iteration 0 evaluates the base policy, iteration t the policy it trained: the same stage.
+EVALUATE = Stage("evaluate", "eval", stages.evaluate, ("eval.json",), _ENGINE_JOBS, engine=True,
+                 applies=lambda recipe: recipe.eval is not None)
 BASE_STAGES = (
-    Stage("evaluate", "eval", stages.evaluate, ("eval.json",), _ENGINE_JOBS, engine=True,
-          applies=lambda recipe: recipe.eval is not None),
+    EVALUATE,
     Stage("verifier_sample", "generation, verifier_check", stages.verifier_sample, ("verifier_samples.jsonl",),
           _ENGINE_JOBS, engine=True, applies=stages.checks_verifier),
     Stage("verify", "judge, pairs", stages.verify, ("verifier.json",), "runs again (the judge keeps a partial file)",
@@ -45,8 +47,7 @@ ITERATION_STAGES = (
     Stage("train", "train", stages.train, ("checkpoint/train_summary.json",),
           "from its last checkpoint-N (fingerprinted: same data and config)"),
     Stage("export", "export_dtype", stages.export, ("merged",), "runs again (seconds)"),
-    Stage("evaluate", "eval", stages.evaluate, ("eval.json",), _ENGINE_JOBS, engine=True,
-          applies=lambda recipe: recipe.eval is not None),
+    EVALUATE,
 )
 UNTIL = tuple(dict.fromkeys(s.name for s in ITERATION_STAGES + BASE_STAGES))  # --until's choices
 
@@ -112,8 +113,9 @@ def _after(step: Step, steps: list[list[Step]], on_iteration) -> None:
 def _open_manifest(run_dir: Path, recipe: Recipe, recipe_path: Path, recipe_hash: str, force: bool) -> Manifest:
     manifest = Manifest(run_dir / "manifest.json")
     if manifest.data.get("recipe_sha256") not in (None, recipe_hash) and not force:
-        raise RecipeError(f"{recipe_path} changed since {run_dir} was started (sha256 {manifest.data['recipe_sha256'][:12]}"
-                          f" -> {recipe_hash[:12]}); pass --force to continue with the new recipe, or use a new run folder")
+        raise RecipeError(f"{recipe_path} changed since {run_dir} was started (sha256 "
+                          f"{manifest.data['recipe_sha256'][:12]} -> {recipe_hash[:12]}); pass --force to continue "
+                          "with the new recipe, or use a new run folder")
     manifest.data.update(recipe=recipe.model_dump(), recipe_path=str(recipe_path), recipe_sha256=recipe_hash,
                          versions=package_versions(), seeds={"recipe": recipe.seed})
     manifest.data.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -112,10 +112,10 @@ def run_jobs(spec: PolicyJobs, console=None, engine=None) -> list[dict]:
 
 
 def serve(requests, console) -> None:
-    """The engine server: one engine for a whole run (or, without `keep_engine`, for consecutive sampling steps). Each line of `requests` (the loop writes them to
-    stdin) is {"jobs": FILE, "progress": FILE}; the jobs run on the engine, switched to their policy in place, and
-    FILE.result.json says {"ok": true} or {"ok": false, "error": ...}. Ends at the end of input (the loop closed it,
-    or died)."""
+    """The engine server: one engine for a whole run (or, without `keep_engine`, for consecutive sampling steps).
+    Each line of `requests` (the loop writes them to stdin) is {"jobs": FILE, "progress": FILE}; the jobs run on the
+    engine, switched to their policy in place, and FILE.result.json says {"ok": true} or {"ok": false, "error": ...}.
+    Ends at the end of input (the loop closed it, or died)."""
     import traceback
 
     from selfalign.cli_utils import load_config

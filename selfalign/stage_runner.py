@@ -68,7 +68,6 @@ def run_stage(command: list[str], config: BaseModel, it_dir: Path, launch=None, 
     (default: this Python; the train stage: accelerate's launch, on one node or, via `train_launcher`, on many)."""
     name = "-".join(command)
     config_path = it_dir / "config" / f"{name}.yaml"
-    config_path.parent.mkdir(parents=True, exist_ok=True)
     yaml_io.write(config_path, config.model_dump(mode="json"))
     options = [item for key, value in arguments.items() for item in (f"--{key.replace('_', '-')}", str(value))]
     args = command + ["--config", str(config_path)] + options

@@ -35,7 +35,6 @@ def generate_job(recipe, it_dir: Path, iteration: int):
     from selfalign.policy_jobs import GenerateJob
     from selfalign.training.data import record_kind
 
-    it_dir.mkdir(parents=True, exist_ok=True)
     prompts = read_jsonl(recipe.prompts, PromptRecord)
     size = recipe.prompts_per_iteration or len(prompts)
     start = ((iteration - 1) * size) % len(prompts)
@@ -58,7 +57,6 @@ def verifier_job(recipe, it_dir: Path):
     its training prompts (answers stripped; they are read back only to measure)."""
     from selfalign.policy_jobs import GenerateJob
 
-    it_dir.mkdir(parents=True, exist_ok=True)
     prompts = [p for p in read_jsonl(recipe.eval.data, PromptRecord) if p.answer is not None][:recipe.verifier_check]
     path = it_dir / "verifier_prompts.jsonl"
     write_jsonl(path, [p.model_copy(update={"answer": None}) for p in prompts])
@@ -173,7 +171,6 @@ def _intervals(run_dir: Path, evaluation: dict) -> dict:
 def evaluate(step: Step) -> dict:
     """Held-out accuracy of the policy this iteration trained (iteration 0: the base policy)."""
     recipe = step.recipe
-    step.it_dir.mkdir(parents=True, exist_ok=True)
     step.engines.run(policy_of(step.run_dir, recipe, step.iteration + 1), [heldout_job(recipe, step.it_dir)],
                      recipe.seed, recipe.generation, step.it_dir, "evaluate", step.display)
     result = json.loads((step.it_dir / "eval.json").read_text())

@@ -26,8 +26,8 @@ def cpu_defaults() -> dict[str, str]:
 @contextlib.contextmanager
 def environment_defaults(values: dict[str, str]):
     """`values` in os.environ for the duration, where the variable is not set already (the user's, or a replica's
-    core share, win); afterwards the environment is as it was. vLLM reads these while its engine starts, so a
-    library call leaves no variables behind in the caller's process (a notebook, the tests)."""
+    core share, win); afterwards none of those it set is left. vLLM reads these while its engine starts, so a
+    library call leaves none of selfalign's variables in the caller's process (vLLM adds a few of its own)."""
     added = [name for name in values if name not in os.environ]
     os.environ.update({name: values[name] for name in added})
     try:
