@@ -82,6 +82,10 @@ def info() -> None:
     table.add_row("device", f"cuda x{torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     table.add_row("cpu threads", str(torch.get_num_threads()))
     table.add_row("cache", str(cache_dir()))
+    from selfalign.precision import sampling_precision, training_precision
+
+    table.add_row("vllm sampling (dtype auto)", str(sampling_precision("auto")))
+    table.add_row("training (bf16 auto)", str(training_precision(None)))
     Console().print(table)
 
 
@@ -143,8 +147,10 @@ def generate(
         console.print(f"{selection.method}: one of {cfg.n} samples chosen per prompt -> {out} (all samples: "
                       f"{candidates}){'; ' + str(dict(stats)) if stats else ''}")
     tokens = sum(s.num_tokens for s in samples)
-    console.print(f"{len(samples)} samples for {len(records)} prompts with {gen.name}: {tokens} tokens in "
-                  f"{seconds:.1f}s ({tokens / max(seconds, 1e-9):.1f} tokens/s) -> {out}")
+    precision = getattr(gen, "precision", None)
+    console.print(f"{len(samples)} samples for {len(records)} prompts with {gen.name}"
+                  f"{f' ({precision})' if precision else ''}: {tokens} tokens in {seconds:.1f}s "
+                  f"({tokens / max(seconds, 1e-9):.1f} tokens/s) -> {out}", markup=False)
     if show:
         table = Table(title=f"first {show} samples")
         for column in ("prompt", "#", "tokens", "finish", "completion"):
@@ -355,6 +361,8 @@ def run(
                                                                "[default: the recipe's iterations]"),
     until: Optional[str] = typer.Option(None, help="stop after this stage of the last iteration  "
                                                    "[default: none, run it all]"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="recompute the base model's engine jobs (its evaluation, "
+                                  "the verifier's and iteration 1's samples) instead of taking them from the cache"),
 ) -> None:
     """Run the self-alignment loop: generate -> judge -> filter -> train -> export -> evaluate, N times. Resumable."""
     from selfalign.loop import run as run_loop
@@ -366,7 +374,8 @@ def run(
         write_report(run_dir, manifest.data, Console(width=150))
         printed.append(True)
 
-    run_dir = run_loop(recipe, out, force=force, iterations=iterations, until=until, on_iteration=report)
+    run_dir = run_loop(recipe, out, force=force, iterations=iterations, until=until, on_iteration=report,
+                       cache=not no_cache)
     import json as _json
 
     path = write_report(run_dir, _json.loads((run_dir / "manifest.json").read_text()),

@@ -71,9 +71,11 @@ def plan(recipe: Recipe, run_dir: Path, manifest: Manifest, last: int, until: st
 
 def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool = False, iterations: int | None = None,
         until: str | None = None, on_iteration=None, display: RunDisplay | None = None,
-        stage_table: tuple[tuple[Stage, ...], tuple[Stage, ...]] = (BASE_STAGES, ITERATION_STAGES)) -> Path:
+        stage_table: tuple[tuple[Stage, ...], tuple[Stage, ...]] = (BASE_STAGES, ITERATION_STAGES),
+        cache: bool = True) -> Path:
     """Run (or resume) the recipe's loop in `run_dir`; `on_iteration(run_dir, manifest)` after each trained
-    iteration. `stage_table`: other stages in the same shape (the tests run the loop with stubs)."""
+    iteration. `stage_table`: other stages in the same shape (the tests run the loop with stubs). `cache`: the base
+    model's engine jobs come from the content-addressed cache when unchanged (selfalign.job_cache)."""
     recipe_path = Path(recipe_path)
     recipe, recipe_hash = load_recipe(recipe_path)
     check_inputs(recipe, recipe_path)
@@ -84,10 +86,14 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
     last = min(iterations or recipe.iterations, recipe.iterations)
     display = display or RunDisplay(last)
     with run_folder_lock(run_dir), children.owned_children():  # children end before the lock is released
+        precision = run_precision(recipe)
         display.message(f"selfalign run {recipe.name}: {last} iteration(s) in {run_dir} (stage logs in "
-                        f"{run_dir}/iter_NN/logs/)")
+                        f"{run_dir}/iter_NN/logs/); sampling {precision['sampling']}, training "
+                        f"{precision['training']}")
         manifest = _open_manifest(run_dir, recipe, recipe_path, recipe_hash, force)
-        engines = PolicyEngine(run_dir, manifest, keep=keep_engine(recipe))
+        manifest.data["precision"] = {name: p.as_dict() for name, p in precision.items()}
+        manifest.save()
+        engines = PolicyEngine(run_dir, manifest, keep=keep_engine(recipe), cache_model=recipe.model if cache else None)
         try:
             steps = plan(recipe, run_dir, manifest, last, until, stage_table, engines=engines, display=display)
             execute([step for iteration in steps for step in iteration],
@@ -121,6 +127,18 @@ def _open_manifest(run_dir: Path, recipe: Recipe, recipe_path: Path, recipe_hash
     manifest.data.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
     manifest.save()
     return manifest
+
+
+def run_precision(recipe: Recipe) -> dict:
+    """The precision the run samples and trains in, each with its reason (the same functions the engine and the
+    trainer call, so what is printed is what runs)."""
+    from selfalign.generation import resolve_engine_name
+    from selfalign.precision import Precision, sampling_precision, training_precision
+
+    engine = resolve_engine_name(recipe.generation.engine)
+    sampling = sampling_precision(recipe.generation.dtype) if engine == "vllm" else \
+        Precision(recipe.generation.dtype, "transformers engine (auto: fp32 on CPU)")
+    return {"sampling": sampling, "training": training_precision(recipe.train.bf16)}
 
 
 def keep_engine(recipe: Recipe) -> bool:

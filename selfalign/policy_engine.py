@@ -23,23 +23,32 @@ from selfalign.stage_runner import tail
 
 
 class PolicyEngine:
-    def __init__(self, run_dir: Path, manifest: Manifest, keep: bool):
-        self.run_dir, self.manifest, self.keep = run_dir, manifest, keep
+    def __init__(self, run_dir: Path, manifest: Manifest, keep: bool, cache_model: str | None = None):
+        """`cache_model`: jobs on this policy (the run's base model) go through the job cache."""
+        self.run_dir, self.manifest, self.keep, self.cache_model = run_dir, manifest, keep, cache_model
         self.server: subprocess.Popen | None = None
 
     def run(self, policy: str, jobs: list, seed: int, generation, it_dir: Path, name: str,
             display: RunDisplay | None = None) -> list[dict]:
         """Run the jobs on `policy` (those not finished); each job's marker. `generation`: the recipe's
         GenerationConfig, whose engine and layout the jobs run on; `seed` seeds an engine this call starts."""
-        from selfalign.policy_jobs import PolicyJobs, finished
+        from selfalign.policy_jobs import PolicyJobs, finished, restore_cached
 
         spec = PolicyJobs(model=policy, engine=generation.engine, options=generation.engine_options(), seed=seed,
-                          jobs=jobs)
+                          jobs=jobs, cache=policy == self.cache_model)
+        if any(finished(job, policy) is None for job in jobs):
+            restore_cached(spec)  # here, not in the server: a run whose jobs are all cached starts no engine
         if any(finished(job, policy) is None for job in jobs):
             config_path = it_dir / "config" / f"{name}.yaml"
             yaml_io.write(config_path, spec.model_dump(mode="json"))
             self._request(config_path, it_dir / "logs" / f"{name}.log", display)
-        return [finished(job, policy) for job in jobs]
+        markers = [finished(job, policy) for job in jobs]
+        for job, marker in zip(jobs, markers):
+            if display is not None and marker and marker.get("cached"):
+                display.message(f"{name}: {job.out} taken from the cache ({marker['cached']}: same weights, data, "
+                                f"settings, engine and precision; it took {marker['seconds']:.0f}s to compute; "
+                                "--no-cache recomputes)")
+        return markers
 
     def _start(self, server_log: Path) -> None:
         server_log.parent.mkdir(parents=True, exist_ok=True)

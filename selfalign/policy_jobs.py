@@ -21,6 +21,7 @@ from selfalign.evaluation.heldout import HeldoutConfig
 from selfalign.generation import EngineName, GenerationConfig
 from selfalign.generation.options import EngineOptions
 from selfalign.io import fingerprint, write_json, write_jsonl
+from selfalign.job_cache import job_key, restore, store
 
 
 class GenerateJob(BaseModel):
@@ -55,6 +56,8 @@ class PolicyJobs(BaseModel):
     options: EngineOptions = Field(default_factory=EngineOptions, description="the engine's layout (parallelism, "
                                    "memory, dtype, engine_kwargs)")
     seed: int = Field(0, description="the engine's seed (vLLM seeds the engine, not each request)")
+    cache: bool = Field(False, description="take finished jobs from the content-addressed cache and store new ones "
+                        "there (selfalign.job_cache)")
     jobs: list[Job]
 
 
@@ -85,6 +88,7 @@ def run_jobs(spec: PolicyJobs, console=None, engine=None) -> list[dict]:
     after); returns each job's marker (its counts and seconds)."""
     from selfalign.generation import get_engine
 
+    restore_cached(spec, console)
     todo = [job for job in spec.jobs if finished(job, spec.model) is None]
     own, load_seconds = engine is None, 0.0
     if todo:
@@ -103,12 +107,29 @@ def run_jobs(spec: PolicyJobs, console=None, engine=None) -> list[dict]:
             info.update(fingerprint=job_fingerprint(job, spec.model), seconds=round(time.perf_counter() - started, 1),
                         engine=engine.name, engine_load_seconds=round(load_seconds, 1))
             write_json(marker_path(job), info)  # after the output: a marker always means a complete output
+            if spec.cache and (key := job_key(spec, job)) is not None:
+                store(key, job, info)
             if console:
                 console.print(f"{job.kind} -> {job.out}: {info}")
     finally:
         if own and engine is not None:
             engine.close()
     return [finished(job, spec.model) for job in spec.jobs]
+
+
+def restore_cached(spec: PolicyJobs, console=None) -> None:
+    """With `spec.cache`: each unfinished job found in the cache is copied into place with its marker, which says
+    where it came from (`cached`); the engine then runs only the rest."""
+    if not spec.cache:
+        return
+    for job in spec.jobs:
+        if finished(job, spec.model) is not None or (key := job_key(spec, job)) is None:
+            continue
+        info = restore(key, job)
+        if info is not None:
+            write_json(marker_path(job), {**info, "fingerprint": job_fingerprint(job, spec.model)})
+            if console:
+                console.print(f"{job.kind} -> {job.out}: taken from the cache {info['cached']}")
 
 
 def serve(requests, console) -> None:
@@ -132,6 +153,7 @@ def serve(requests, console) -> None:
             try:
                 spec = load_config(PolicyJobs, jobs_path, {})  # a bad file: its path and field in the error
                 os.environ[PROGRESS_ENV] = request.get("progress", "")
+                restore_cached(spec, console)  # before the engine starts: a run whose jobs are all cached needs none
                 if engine is None and any(finished(job, spec.model) is None for job in spec.jobs):
                     engine = get_engine(spec.engine, spec.model, seed=spec.seed, options=spec.options)
                     kind = spec.engine

@@ -13,7 +13,8 @@ import os
 import sys
 
 from selfalign.generation.options import EngineOptions
-from selfalign.generation.vllm_engine import cpu_defaults, vllm_dtype
+from selfalign.generation.vllm_engine import cpu_defaults
+from selfalign.precision import sampling_precision
 
 
 def _flag(key: str, value) -> list[str]:
@@ -36,9 +37,9 @@ def vllm_serve_command(model: str, host: str, port: int, options: EngineOptions,
     from selfalign.models import resolve_model
 
     on_gpu = torch.cuda.is_available()
-    # As the offline engine does on CPU: all cores bound, no reserved core, float32, eager (the user's values win).
+    # As the offline engine does on CPU: all cores bound, no reserved core, its precision, eager (the user's values win).
     env = {**({} if on_gpu else cpu_defaults()), **os.environ}
-    dtype = vllm_dtype(options.dtype, on_gpu)
+    dtype = sampling_precision(options.dtype, on_gpu).dtype
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
             "--served-model-name", model, "--host", host, "--port", str(port), "--seed", str(seed),
             "--dtype", dtype, "--max-model-len", str(options.max_model_len),

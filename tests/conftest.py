@@ -9,6 +9,13 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Every machine takes the same `auto` precision decisions in the suite (an AVX2 CPU's: fp32), so a test's numbers do
+# not depend on where it runs; bf16 is tested by asking for it (tests/test_precision.py). Set before any test
+# starts a subprocess, which inherits it.
+os.environ["SELFALIGN_CPU_FLAGS"] = "avx2 fma"
+# No test takes another's engine outputs from the job cache; its own test turns it on in a folder of its own.
+os.environ["SELFALIGN_JOB_CACHE"] = "off"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -40,8 +40,8 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
     prompts = [p for p in prompts if p.answer is not None][:cfg.limit]
     if not prompts:
         raise ValueError(f"{cfg.data}: no held-out prompts with an 'answer' field")
-    greedy = engine.generate(prompts, SamplingSettings(temperature=0.0, max_new_tokens=cfg.max_new_tokens),
-                             progress=True)
+    greedy = engine.generate(prompts, SamplingSettings(temperature=0.0, max_new_tokens=cfg.max_new_tokens,
+                                                       stop_at_answer=cfg.stop_at_answer), progress=True)
     greedy_correct = [_correct(s.text, p.answer) for s, p in zip(greedy, prompts)]
     result = {"num_prompts": len(prompts), "greedy_accuracy": sum(greedy_correct) / len(prompts),
               "greedy_correct": [int(c) for c in greedy_correct],
@@ -53,7 +53,7 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
     if cfg.k > 0:
         sampled_prompts = prompts[:cfg.sampled_limit]
         settings = SamplingSettings(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p,
-                                    max_new_tokens=cfg.max_new_tokens, seed=seed)
+                                    max_new_tokens=cfg.max_new_tokens, seed=seed, stop_at_answer=cfg.stop_at_answer)
         sampled = engine.generate(sampled_prompts, settings, progress=True)
         by_prompt = group_by_prompt(sampled)
         ids = [prompt_id_of(p, i) for i, p in enumerate(sampled_prompts)]

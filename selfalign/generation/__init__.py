@@ -38,6 +38,9 @@ class SamplingFields(BaseModel):
     top_p: TopP = 1.0
     min_p: MinP = 0.0
     max_new_tokens: int = Field(256, ge=1, description="the most tokens a sample may have")
+    stop_at_answer: bool = Field(False, description="end a sample at its first stated answer (\"The answer is N.\", "
+                                 "\"#### N\") as it is generated: the end token is forced there, so no token after "
+                                 "the answer is computed")
 
 
 class CompletionFields(SamplingFields):

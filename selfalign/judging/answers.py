@@ -83,6 +83,21 @@ def first_answer_end(text: str) -> int | None:
     return end + 1 if text[end:end + 1] == "." else end
 
 
+def answer_state(text: str) -> str | None:
+    """How far the first explicit answer statement has come, for stopping a sample there while it is written:
+    None (no statement yet, or its number may still grow: "The answer is 14", "The answer is 1,"), `"point"` (the
+    number is followed by "." alone: a decimal may follow, or the sentence is over) or `"done"` (anything else follows
+    the number: "The answer is 14.\n", "The answer is 14 apples", "The answer is 6.5.")."""
+    matches = [m for pattern in (_GSM8K, _THE_ANSWER_IS) for m in [pattern.search(text)] if m]
+    if not matches:
+        return None
+    first = min(matches, key=lambda m: m.end())
+    rest = text[first.end():]
+    if not rest:
+        return None
+    return "point" if rest == "." and "." not in first.group(1) else "done"
+
+
 def _equivalent(a: str, b: str) -> bool:
     """Symbolic equivalence through math-verify, for answers that are not plain numbers (fractions, expressions)."""
     if a == b:

@@ -48,14 +48,20 @@ class TrainConfig(BaseModel):
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights through bitsandbytes (GPU only)")
     gradient_checkpointing: bool = False
     dtype: DtypeName = Field("auto", description=f"dtype the weights are loaded in: {DTYPE_HELP}")
-    bf16: bool = Field(False, description="bf16 mixed precision as TRL's `bf16`: autocast, fp32 weights and "
-                       "optimizer; `accelerate launch --mixed_precision bf16` turns it on too")
+    bf16: bool | None = Field(None, description="bf16 mixed precision as TRL's `bf16`: autocast, fp32 weights and "
+                              "optimizer. None (auto): on where the hardware computes bf16 (CPU avx512_bf16/amx_bf16, "
+                              "a bf16 GPU), else off; `accelerate launch --mixed_precision bf16` turns it on too")
     share_prompt_forward: bool = Field(True, description="run each group's shared prompt through the model once and "
                                        "reuse its key/value cache for the group's completions (off under gradient "
                                        "checkpointing, which disables the cache)")
     sampler_reference: bool = Field(True, description="take the reference log-probs recorded by the sampler "
                                     "(ref_chosen_logps, ... with their token ids) where the trainer's own tokens are the "
                                     "same; in `selfalign run`, generation records them")
+    sampler_reference_probe: int = Field(8, ge=1, description="records whose sampler log-probs are checked against "
+                                         "the trainer's own before any of them is used")
+    sampler_reference_tolerance: float = Field(0.05, gt=0, description="the most the sampler's log-prob of a sequence "
+                                               "may differ from the trainer's (nats); beyond it the trainer computes "
+                                               "the whole reference")
     precompute_ref_log_probs: bool = Field(True, description="one reference pass before training; else a live "
                                            "reference (adapter disabled with LoRA, a frozen copy otherwise)")
 

@@ -54,7 +54,7 @@ def make_accelerator(cfg: TrainConfig, out_dir: Path):
     AcceleratorState._reset_state()
     # None leaves accelerate's own choice (its launch config or --mixed_precision) in force.
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=report_to or None,
-                              mixed_precision="bf16" if cfg.bf16 else None,
+                              mixed_precision="bf16" if training_precision_of(cfg).dtype == "bfloat16" else None,
                               project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
                               kwargs_handlers=handlers)
     if accelerator.state.deepspeed_plugin is not None:  # we pass no dataloader, so DeepSpeed needs the sizes here
@@ -64,6 +64,16 @@ def make_accelerator(cfg: TrainConfig, out_dir: Path):
         ds["train_batch_size"] = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps *
                                   accelerator.num_processes)
     return accelerator
+
+
+def training_precision_of(cfg: TrainConfig):
+    """bf16 autocast or fp32 (`bf16` unset: bf16 where the hardware computes it natively). Under DeepSpeed its own
+    config decides, as the launcher's `--mixed_precision` does when `bf16` is unset on a machine without bf16."""
+    from selfalign.precision import Precision, training_precision
+
+    if cfg.bf16 is None and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return Precision("float32", "DeepSpeed: its config decides")
+    return training_precision(cfg.bf16)
 
 
 def _wandb_available() -> bool:
@@ -309,11 +319,16 @@ def _build_reference(run: TrainingRun) -> None:
     in_use = examples_in_use(run.examples, cfg, run.rank, run.world, run.total_steps)
     recorded = {e["index"]: torch.tensor(e["sampler_reference"]) for e in in_use
                 if cfg.sampler_reference and e["sampler_reference"] is not None}
+    probe = {}
+    if recorded:
+        recorded, probe = _checked_sampler_reference(run, [e for e in in_use if e["index"] in recorded], recorded)
     missing = [e for e in in_use if e["index"] not in recorded]
     run.reference_counts = {"from_sampler": len(recorded), "computed": len(missing),
-                            "not_reached": len(run.examples) - len(in_use)}
-    if recorded:
-        accelerator.print(f"reference log-probs: {len(recorded)} records from the sampler, {len(missing)} computed")
+                            "not_reached": len(run.examples) - len(in_use), **({"probe": probe} if probe else {})}
+    if probe:
+        accelerator.print(f"reference log-probs: {len(recorded)} records from the sampler, {len(missing)} computed "
+                          f"(sampler vs trainer on {probe['records']} records: max |diff| {probe['max_abs_diff']:.2e} "
+                          f"nats, tolerance {probe['tolerance']})")
     if cfg.precompute_ref_log_probs or recorded:
         computed = reference_logps(model, accelerator.unwrap_model(model), missing, cfg, run.tokenizer.pad_token_id,
                                    accelerator.device) if missing else {}
@@ -324,6 +339,30 @@ def _build_reference(run: TrainingRun) -> None:
                                 "precompute_ref_log_probs: true")
         run.ref_model = load_policy(cfg.model_copy(update={"use_peft": False, "gradient_checkpointing": False}),
                                     accelerator.device).to(accelerator.device).eval().requires_grad_(False)
+
+
+def _checked_sampler_reference(run: TrainingRun, candidates: list[dict], recorded: dict) -> tuple[dict, dict]:
+    """The sampler's log-probs are the reference only where they are the trainer's own step-0 log-probs: a sampler
+    in another precision (bf16 vLLM, fp32 training) or with other kernels disagrees with it, and DPO would then train
+    against a log-ratio that is not zero at step 0. The first `sampler_reference_probe` records are computed by the
+    trainer (before any step, so these are the reference's weights) and compared, sequence by sequence; beyond
+    `sampler_reference_tolerance` nats none of the sampler's values is used and the trainer computes them all.
+    Returns (the records whose sampler values are kept, the probe's numbers)."""
+    cfg = run.cfg
+    probed = candidates[:cfg.sampler_reference_probe]
+    own = reference_logps(run.model, run.accelerator.unwrap_model(run.model), probed, cfg, run.tokenizer.pad_token_id,
+                          run.accelerator.device)
+    gaps = torch.cat([(own[e["index"]] - recorded[e["index"]]).abs() for e in probed])
+    probe = {"records": len(probed), "sequences": int(gaps.numel()), "max_abs_diff": float(gaps.max()),
+             "mean_abs_diff": float(gaps.mean()), "tolerance": cfg.sampler_reference_tolerance}
+    probe["used"] = probe["max_abs_diff"] <= cfg.sampler_reference_tolerance
+    if not probe["used"]:
+        log.warning("the sampler's log-probs differ from the trainer's own by up to %.3g nats per sequence (tolerance "
+                    "%g; another precision?): the reference is computed by the trainer", probe["max_abs_diff"],
+                    cfg.sampler_reference_tolerance)
+        return {}, probe
+    # the probed records keep the trainer's own values: they are the exact reference
+    return {**recorded, **own}, probe
 
 
 def _resume(run: TrainingRun) -> None:
@@ -412,7 +451,8 @@ def _finish(run: TrainingRun, history: list[dict], seconds: float, records: list
     summary = _save_final(accelerator, run.model, run.tokenizer, run.cfg, out_dir, card_data)
     summary.update(steps=run.step, seconds=seconds, world_size=run.world, records=len(records),
                    dropped_identical_pairs=identical, tokens=sum(m["tokens"] for m in history),
-                   peak_memory_gb=peak_memory_gb(), final_metrics=last, reference=run.reference_counts)
+                   peak_memory_gb=peak_memory_gb(), final_metrics=last, reference=run.reference_counts,
+                   precision=training_precision_of(run.cfg).as_dict())
     if run.cfg.record_rank_checksums:
         checksum = _weights_checksum(accelerator.unwrap_model(run.model))
         write_json(out_dir / f"rank-{run.rank}-checksum.json", {"rank": run.rank, "world_size": run.world,
