@@ -58,6 +58,7 @@ def job_key(spec, job) -> str | None:
     settings = job.model_dump(mode="json", exclude={"out", "prompts"})  # paths differ between runs; bytes do not
     if not isinstance(job, GenerateJob):
         settings["config"].pop("data")
+    settings["config"].pop("dtype", None)  # the precision it resolves to is in the key: auto may be bf16 here
     return fingerprint({"weights": weights, "job": settings, "engine": engine, "seed": spec.seed,
                         "layout": spec.options.model_dump(mode="json", exclude={"dtype"}),
                         "precision": sampling_precision(spec.options.dtype).dtype if engine == "vllm"
