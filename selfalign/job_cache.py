@@ -44,7 +44,6 @@ def weights_digest(model: str) -> str | None:
 def job_key(spec, job) -> str | None:
     """The cache key of `job` in `spec` (a PolicyJobs), or None where it cannot be cached."""
     from selfalign.generation import resolve_engine_name
-    from selfalign.policy_jobs import GenerateJob
     from selfalign.precision import sampling_precision
     from selfalign.versions import package_versions
 
@@ -54,9 +53,11 @@ def job_key(spec, job) -> str | None:
     if weights is None:
         return None
     engine = resolve_engine_name(spec.engine)
-    source = Path(job.prompts if isinstance(job, GenerateJob) else job.config.data)
+    # By kind, not class: the engine server runs as `python -m selfalign.policy_jobs`, whose classes are __main__'s.
+    sampling = job.kind == "generate"
+    source = Path(job.prompts if sampling else job.config.data)
     settings = job.model_dump(mode="json", exclude={"out", "prompts"})  # paths differ between runs; bytes do not
-    if not isinstance(job, GenerateJob):
+    if not sampling:
         settings["config"].pop("data")
     settings["config"].pop("dtype", None)  # the precision it resolves to is in the key: auto may be bf16 here
     return fingerprint({"weights": weights, "job": settings, "engine": engine, "seed": spec.seed,
@@ -76,10 +77,9 @@ def cache_root() -> Path:
 def outputs_of(job) -> list[Path]:
     """The files a job writes besides its marker (a held-out evaluation also writes its per-item samples file)."""
     from selfalign.evaluation.files import samples_path
-    from selfalign.policy_jobs import HeldoutJob
 
     out = Path(job.out)
-    return [out, samples_path(out)] if isinstance(job, HeldoutJob) else [out]
+    return [out, samples_path(out)] if job.kind == "eval-heldout" else [out]
 
 
 def restore(key: str, job) -> dict | None:
@@ -89,11 +89,12 @@ def restore(key: str, job) -> dict | None:
         info = json.loads((entry / "job.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    for path in outputs_of(job):
-        cached = entry / path.name
-        if cached.exists():
-            with atomic_path(path) as tmp:
-                shutil.copyfile(cached, tmp)
+    outputs = outputs_of(job)
+    if not all((entry / path.name).exists() for path in outputs):  # an entry that lacks a file is a miss
+        return None
+    for path in outputs:
+        with atomic_path(path) as tmp:
+            shutil.copyfile(entry / path.name, tmp)
     return {**info, "cached": str(entry)}
 
 

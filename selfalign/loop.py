@@ -14,6 +14,7 @@ from pathlib import Path
 
 from selfalign import children, stages
 from selfalign.executor import Manifest, Stage, StageError, Step, execute
+from selfalign.health import best_iteration, describe, iteration_health
 from selfalign.io import prepare_output
 from selfalign.policy_engine import PolicyEngine
 from selfalign.progress import RunDisplay
@@ -96,9 +97,13 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
         engines = PolicyEngine(run_dir, manifest, keep=keep_engine(recipe), cache_model=recipe.model if cache else None)
         try:
             steps = plan(recipe, run_dir, manifest, last, until, stage_table, engines=engines, display=display)
-            execute([step for iteration in steps for step in iteration],
-                    before=lambda step: None if step.stage.engine else engines.release(),
-                    after=lambda step: _after(step, steps, on_iteration))
+            try:
+                execute([step for iteration in steps for step in iteration],
+                        before=lambda step: None if step.stage.engine else engines.release(),
+                        after=lambda step: _after(step, steps, on_iteration))
+            except RegressionStop as stop:
+                display.message(f"stopped: {stop}")
+                until = None  # the run is over: record it finished
             if until is None:
                 manifest.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
                 manifest.save()
@@ -110,10 +115,34 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
             engines.close()
 
 
+class RegressionStop(Exception):
+    """An iteration made the policy worse and the recipe says to stop there (`stop_on_regression`)."""
+
+
 def _after(step: Step, steps: list[list[Step]], on_iteration) -> None:
-    """After an iteration's last step (trained iterations only): the caller's report."""
-    if on_iteration is not None and step.iteration > 0 and step is steps[step.iteration][-1]:
+    """After a trained iteration's last step: its health (against the previous iterate and the base), the caller's
+    report, and with `stop_on_regression` the end of the run when it turned worse."""
+    if step.iteration == 0 or step is not steps[step.iteration][-1]:
+        return
+    health = iteration_health(step.run_dir, step.iteration)
+    if health is not None:
+        iterations = step.manifest.data.setdefault("iterations", {})
+        iterations.setdefault(str(step.iteration), {"stages": {}})["health"] = health
+        step.manifest.save()
+        if step.display is not None:
+            step.display.message(("WARNING: worse than the previous iterate: " if health["verdict"] == "worse"
+                                  else "health: ") + describe(health))
+    if on_iteration is not None:
         on_iteration(step.run_dir, step.manifest)
+    if health is not None and health["verdict"] == "worse" and step.recipe.stop_on_regression:
+        best = best_iteration(step.run_dir, step.iteration)
+        step.manifest.data["stopped"] = {
+            "after_iteration": step.iteration, "reason": "stop_on_regression: " + describe(health),
+            "best_iteration": best, "best_model": step.recipe.model if best == 0 else
+            str(step.run_dir / f"iter_{best:02d}" / "merged")}
+        step.manifest.save()
+        raise RegressionStop(f"iteration {step.iteration} is worse than iteration {step.iteration - 1}; "
+                             f"the best iterate is iteration {best}: {step.manifest.data['stopped']['best_model']}")
 
 
 def _open_manifest(run_dir: Path, recipe: Recipe, recipe_path: Path, recipe_hash: str, force: bool) -> Manifest:

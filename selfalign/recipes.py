@@ -54,6 +54,9 @@ class Recipe(BaseModel):
                                 "eval.data as the recipe would (answers used only to measure) and report whether the "
                                 "judge and filters choose right answers more often than the policy does; 0: off")
     export_dtype: WeightsDtype = "float32"
+    stop_on_regression: bool = Field(False, description="end the run after an iteration whose held-out greedy "
+                                      "accuracy is worse than the previous iteration's (paired 95% interval below "
+                                      "zero); the manifest and report name the best iterate")
     keep_engine: bool | None = Field(None, description="one generation engine for the whole run, loading each "
                                      "policy's weights in place; unset: yes on CPU, no on a GPU (the trainer needs "
                                      "the memory an idle engine holds)")

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selfalign.evaluation.heldout import paired_bootstrap
+from selfalign.health import flip_table
 
 COLUMNS = [("greedy_accuracy", "greedy acc"), ("sampled_accuracy", "sampled acc"), ("majority", "maj@k"),
            ("generation_verification_gap", "gen-ver gap"), ("records", "pairs kept"), ("prompts_dropped", "prompts dropped"),
@@ -77,6 +78,15 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
         md += ["", f"Greedy accuracy gain of iteration {gain['iteration']} over the base: {gain['gain'] * 100:+.1f} "
                f"points (paired bootstrap 95% interval {gain['ci95_low'] * 100:+.1f} to {gain['ci95_high'] * 100:+.1f}, "
                f"n = {gain['n']})."]
+    health = flip_table(manifest)
+    if health:
+        md += ["", "## Iteration health", "", "Each trained iteration against the one before it, item by item on the "
+               "same held-out problems (paired bootstrap interval, McNemar's exact test on the items that flipped), "
+               "and its own samples' diversity.", "", *health]
+    stopped = manifest.get("stopped")
+    if stopped:
+        md += ["", f"**Stopped after iteration {stopped['after_iteration']}** ({stopped['reason']}). The best iterate "
+               f"is iteration {stopped['best_iteration']}: `{stopped['best_model']}`."]
     verifier = _verifier(manifest)
     if verifier:
         md += ["", "## Verifier check (before training)", "", verifier["explanation"] + ".", "",

@@ -140,3 +140,43 @@ def test_the_engine_is_released_before_a_step_that_does_not_sample_unless_the_ru
     else:  # before verify (after the verifier's samples) and judge (after generate); never between two samplers
         assert {(0, "verifier_sample"), (1, "generate"), (2, "generate")} <= closed_after
         assert not {(0, "evaluate"), (1, "evaluate")} & closed_after
+
+
+class RegressingStubs(Stubs):
+    """Stubs whose evaluate writes a real eval.json: iteration 1 better than the base, iteration 2 far worse."""
+
+    CORRECT = {0: [0] * 80 + [1] * 20, 1: [1] * 60 + [0] * 40, 2: [0] * 100}
+
+    def stage(self, stage):
+        stub = super().stage(stage)
+        if stage.name != "evaluate":
+            return stub
+
+        def work(step):
+            info = stub.work(step)
+            (step.it_dir / "eval.json").write_text(json.dumps({"greedy_correct": self.CORRECT[step.iteration]}))
+            return info
+
+        return dataclasses.replace(stub, work=work)
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_an_iteration_that_turns_worse_says_so_and_stop_on_regression_ends_the_run(tmp_path, stop):
+    recipe, out = _recipe(tmp_path, keep_engine=False, iterations=3, stop_on_regression=stop), tmp_path / "run"
+    stubs = RegressingStubs()
+    stubs.CORRECT = {**stubs.CORRECT, 3: [1] * 100}
+    printed = io.StringIO()
+    run(recipe, out, display=RunDisplay(3, stream=printed), stage_table=stubs.table())
+    manifest = json.loads((out / "manifest.json").read_text())
+    health = manifest["iterations"]["2"]["health"]
+    assert health["verdict"] == "worse" and health["vs_previous"]["right_to_wrong"] == 60
+    assert manifest["iterations"]["1"]["health"]["verdict"] == "better"
+    assert any("WARNING: worse than the previous iterate: iteration 2 vs 1: -60.0 points" in line
+               for line in printed.getvalue().splitlines())
+    ran_third = any(t == 3 for t, _ in stubs.calls)
+    if stop:
+        assert not ran_third, "the run ended after the iteration that turned worse"
+        assert manifest["stopped"]["after_iteration"] == 2 and manifest["stopped"]["best_iteration"] == 1
+        assert manifest["stopped"]["best_model"].endswith("iter_01/merged") and manifest["finished"]
+    else:
+        assert ran_third and "stopped" not in manifest

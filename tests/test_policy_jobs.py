@@ -13,6 +13,7 @@ from selfalign.evaluation.heldout import HeldoutConfig
 from selfalign.generation import GenerationConfig
 from selfalign.io import write_jsonl
 from selfalign.policy_jobs import GenerateJob, HeldoutJob, PolicyJobs, finished, run_jobs, serve
+from selfalign.progress import RunDisplay
 
 
 @pytest.fixture()
@@ -111,3 +112,33 @@ def test_the_loops_policy_engine_runs_jobs_in_a_server_kept_or_released_between_
     finally:
         engines.close()
     assert engines.server is None
+
+
+def test_the_engine_server_stores_base_model_jobs_in_the_cache_and_a_second_run_starts_no_engine(
+        job_files, tiny_model_path, monkeypatch):
+    """Through the real server process (`python -m selfalign.policy_jobs`, whose job classes are __main__'s): both job
+    kinds are stored with every file they write, and the same jobs in another run folder are restored before any
+    engine starts."""
+    from selfalign.evaluation.files import samples_path
+    from selfalign.loop import Manifest, PolicyEngine
+
+    monkeypatch.setenv("SELFALIGN_JOB_CACHE", str(job_files / "cache"))
+    manifest = Manifest(job_files / "manifest.json")
+    engines = PolicyEngine(job_files, manifest, keep=False, cache_model=tiny_model_path)
+    printed = io.StringIO()
+    display = RunDisplay(1, stream=printed)
+    try:
+        for name in ("one", "two"):
+            spec = _spec(job_files, tiny_model_path, out=name)
+            markers = engines.run(spec.model, spec.jobs, 0, GenerationConfig(engine="hf"), job_files / name,
+                                  "evaluate", display=display)
+            engines.release()
+            assert [bool(m.get("cached")) for m in markers] == ([False, False] if name == "one" else [True, True])
+    finally:
+        engines.close()
+    assert manifest.data["engine_starts"] == 1, "the second run's jobs all came from the cache: no engine"
+    for out in ("eval.json", "samples.jsonl"):
+        assert (job_files / "two" / out).read_bytes() == (job_files / "one" / out).read_bytes()
+    eval_samples = samples_path(job_files / "one" / "eval.json")
+    assert samples_path(job_files / "two" / "eval.json").read_bytes() == eval_samples.read_bytes()
+    assert printed.getvalue().count("taken from the cache") == 2

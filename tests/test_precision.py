@@ -4,6 +4,7 @@ model's engine jobs come from the content-addressed cache when nothing they depe
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,6 +198,10 @@ def test_base_model_jobs_come_from_the_cache_when_nothing_changed(tiny_model_pat
     write_jsonl(tmp_path / "d" / "prompts.jsonl", prompts[1:4])
     restore_cached(edited)
     assert finished(edited.jobs[0], edited.model) is None
+    (Path(marker["cached"]) / "samples.jsonl").unlink()  # an entry missing a file its job writes: a miss
+    partial = spec(tmp_path / "f")
+    restore_cached(partial)
+    assert finished(partial.jobs[0], partial.model) is None and not (tmp_path / "f" / "samples.jsonl").exists()
     monkeypatch.setenv("SELFALIGN_JOB_CACHE", "off")
     off = spec(tmp_path / "e")
     restore_cached(off)
