@@ -6,7 +6,7 @@ import pytest
 from selfalign.arithmetic import make_splits
 from selfalign.generation import SamplingSettings, get_engine, vllm_available
 from selfalign.judging.answers import answer_state
-from selfalign.judging.execution import cut_at_first_answer
+from selfalign.judging.execution import cut_at_first_answer, first_answer_end
 from selfalign.records import PromptRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vllm not installed")]
@@ -41,9 +41,13 @@ def test_samples_stop_at_their_first_answer_while_generated(bf16_engine, prompts
     stated = [s for s in stopped if answer_state(s.text) is not None]
     assert stated
     for sample in stated:
-        # ended by the processor (or by the model) right after its answer: the judge's cut leaves it as it is
+        # ended by the processor (or by the model) right after its answer: the number is known to be complete only
+        # when a token that cannot continue it comes, so at most that one token follows the answer
         assert sample.finish_reason == "stop" and sample.token_ids[-1] == eos, sample.text
-        assert cut_at_first_answer(sample) is sample, sample.text
+        after_answer = sample.text[first_answer_end(sample.text):]
+        last_token = bf16_engine.tokenizer.decode(sample.token_ids[-2:-1])
+        assert len(after_answer) <= len(last_token), (sample.text, last_token)
+        assert cut_at_first_answer(sample).text.startswith(sample.text[:first_answer_end(sample.text)])
         assert sample.logprob is not None and sample.logprob < 0
     # a sample that states no answer runs as before: to its end or the limit
     assert all(s.finish_reason == "length" or s.token_ids[-1] == eos for s in stopped)
