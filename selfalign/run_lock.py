@@ -35,8 +35,8 @@ def run_folder_lock(run_dir: Path):
             if owner.get("host") == me["host"] and _alive(owner.get("pid")):
                 raise RunLockedError(f"{run_dir} is in use by another selfalign run (PID {owner['pid']}, started "
                                      f"{owner.get('started', '?')}); wait for it, stop it, or use another --out") from None
-            left = [g for g in owner.get("children", []) if isinstance(g, int) and g > 0 and children.group_alive(g)]
-            if owner.get("host") == me["host"] and left:
+            left = _still_running(owner.get("children", [])) if owner.get("host") == me["host"] else []
+            if left:
                 raise RunLockedError(f"{run_dir}: its last run (PID {owner.get('pid')}) is gone, but stage "
                                      f"processes it started still run (process groups {left}); end them "
                                      f"(kill -- -{left[0]}) or wait, then run again") from None
@@ -72,3 +72,20 @@ def _alive(pid) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     return True
+
+
+# A killed run's stage processes get a parent-death signal and end on their own; an engine or trainer that is shutting
+# down takes a few seconds, so a rerun right after a kill waits this long before calling them still running.
+CHILDREN_GRACE_S = 20.0
+
+
+def _still_running(groups: list, grace_s: float | None = None) -> list[int]:
+    """The process groups among `groups` still alive after up to `grace_s` seconds of waiting for them to end."""
+    from selfalign import children
+
+    deadline = time.monotonic() + (CHILDREN_GRACE_S if grace_s is None else grace_s)
+    while True:
+        left = [g for g in groups if isinstance(g, int) and g > 0 and children.group_alive(g)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)

@@ -75,6 +75,14 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     assert any(line.startswith("iter 2/2 · generate · done in") and "samples)" in line for line in printed)
     assert any(line.startswith("iter 2/2 · evaluate · done in") and "greedy accuracy" in line for line in printed)
     assert "\x1b[" not in result.stdout and "\r" not in result.stdout
+    # Each iteration's health, from the real evaluations: flips against the previous iterate (4 held-out items)
+    assert any(line.startswith("health: iteration 2 vs 1:") or
+               line.startswith("WARNING: worse than the previous iterate: iteration 2 vs 1:") for line in printed)
+    health = manifest["iterations"]["2"]["health"]
+    flips = health["vs_previous"]
+    assert sum(flips[k] for k in ("right_to_wrong", "wrong_to_right", "both_right", "both_wrong")) == 4
+    assert "vs_base" in health and 0 <= health["samples"]["finished_share"] <= 1
+    assert "## Iteration health" in (run_dir / "report.md").read_text()
     for iteration in ("1", "2"):
         assert set(manifest["iterations"][iteration]["stages"]) == {"generate", "judge", "filter", "train", "export",
                                                                    "evaluate"}

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,9 +56,19 @@ def test_stop_ends_the_whole_group_and_the_lock_waits_for_it(tmp_path):
     assert not (run_dir / ".lock").exists()
 
 
-def test_a_lock_is_not_taken_over_while_a_child_of_the_dead_owner_lives(tmp_path):
+def test_a_lock_is_not_taken_over_while_a_child_of_the_dead_owner_lives(tmp_path, monkeypatch):
+    from selfalign import run_lock
+
+    monkeypatch.setattr(run_lock, "CHILDREN_GRACE_S", 1.0)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    ending = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"], start_new_session=True)
+    threading.Thread(target=ending.wait, daemon=True).start()  # reaped when it ends, as init reaps a dead run's
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run_dir / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename,
+                                               "children": [ending.pid]}))
+    with run_folder_lock(run_dir):  # a child that ends within the grace (a killed run's, shutting down) is waited for
+        pass
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
     try:
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
