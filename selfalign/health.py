@@ -78,17 +78,22 @@ def sample_health(scored_path: Path) -> dict | None:
             "finished_share": finished / total}
 
 
+def greedy_correct(run_dir: Path, iteration: int) -> list[int] | None:
+    """Iteration t's per-item greedy results from `iter_NN/eval.json`; None where it has none (not evaluated, or not
+    an evaluation file: nothing to compare)."""
+    try:
+        found = json.loads((run_dir / f"iter_{iteration:02d}" / "eval.json").read_text())
+    except (OSError, ValueError):
+        return None
+    correct = found.get("greedy_correct") if isinstance(found, dict) else None
+    return correct if isinstance(correct, list) and correct else None
+
+
 def iteration_health(run_dir: Path, iteration: int) -> dict | None:
     """Iteration t's evaluation against iteration t-1's and the base's, and its samples' health; None before any
     trained iteration is evaluated."""
-    def greedy(t: int) -> list[int] | None:
-        try:
-            found = json.loads((run_dir / f"iter_{t:02d}" / "eval.json").read_text())
-        except (OSError, ValueError):  # not evaluated (or not an evaluation file): nothing to compare
-            return None
-        return found.get("greedy_correct") if isinstance(found, dict) else None
-
-    current, previous, base = greedy(iteration), greedy(iteration - 1), greedy(0)
+    current, previous = greedy_correct(run_dir, iteration), greedy_correct(run_dir, iteration - 1)
+    base = greedy_correct(run_dir, 0)
     if iteration < 1 or current is None or previous is None:
         return None
     health = {"iteration": iteration, "vs_previous": compare(previous, current)}
@@ -120,13 +125,8 @@ def describe(health: dict) -> str:
 
 def best_iteration(run_dir: Path, last: int) -> int:
     """The iteration (0 = the base) with the highest held-out greedy accuracy up to `last`; ties go to the earlier."""
-    scores = {}
-    for t in range(last + 1):
-        try:
-            correct = json.loads((run_dir / f"iter_{t:02d}" / "eval.json").read_text())["greedy_correct"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        scores[t] = sum(correct) / len(correct)
+    scores = {t: sum(correct) / len(correct) for t in range(last + 1)
+              if (correct := greedy_correct(run_dir, t)) is not None}
     return max(scores, key=lambda t: (scores[t], -t)) if scores else last
 
 

@@ -129,15 +129,16 @@ def _after(step: Step, steps: list[list[Step]], on_iteration) -> None:
         iterations = step.manifest.data.setdefault("iterations", {})
         iterations.setdefault(str(step.iteration), {"stages": {}})["health"] = health
         step.manifest.save()
+        summary = describe(health)
         if step.display is not None:
             step.display.message(("WARNING: worse than the previous iterate: " if health["verdict"] == "worse"
-                                  else "health: ") + describe(health))
+                                  else "health: ") + summary)
     if on_iteration is not None:
         on_iteration(step.run_dir, step.manifest)
     if health is not None and health["verdict"] == "worse" and step.recipe.stop_on_regression:
         best = best_iteration(step.run_dir, step.iteration)
         step.manifest.data["stopped"] = {
-            "after_iteration": step.iteration, "reason": "stop_on_regression: " + describe(health),
+            "after_iteration": step.iteration, "reason": "stop_on_regression: " + summary,
             "best_iteration": best, "best_model": step.recipe.model if best == 0 else
             str(step.run_dir / f"iter_{best:02d}" / "merged")}
         step.manifest.save()

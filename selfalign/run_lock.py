@@ -79,11 +79,11 @@ def _alive(pid) -> bool:
 CHILDREN_GRACE_S = 20.0
 
 
-def _still_running(groups: list, grace_s: float | None = None) -> list[int]:
-    """The process groups among `groups` still alive after up to `grace_s` seconds of waiting for them to end."""
+def _still_running(groups: list) -> list[int]:
+    """The process groups among `groups` still alive after up to CHILDREN_GRACE_S seconds of waiting for them to end."""
     from selfalign import children
 
-    deadline = time.monotonic() + (CHILDREN_GRACE_S if grace_s is None else grace_s)
+    deadline = time.monotonic() + CHILDREN_GRACE_S
     while True:
         left = [g for g in groups if isinstance(g, int) and g > 0 and children.group_alive(g)]
         if not left or time.monotonic() >= deadline:
