@@ -106,16 +106,21 @@ def iteration_health(run_dir: Path, iteration: int) -> dict | None:
     return health
 
 
+def _points(comparison: dict, unit: str = "") -> str:
+    """A paired gain with its interval, in points: `+3.1 [+0.4, +5.9]` (`unit` follows the gain)."""
+    return (f"{comparison['gain'] * 100:+.1f}{unit} [{comparison['ci95_low'] * 100:+.1f}, "
+            f"{comparison['ci95_high'] * 100:+.1f}]")
+
+
 def describe(health: dict) -> str:
     """One line for the terminal and the report."""
     previous = health["vs_previous"]
-    parts = [f"iteration {health['iteration']} vs {health['iteration'] - 1}: {previous['gain'] * 100:+.1f} points "
-             f"[{previous['ci95_low'] * 100:+.1f}, {previous['ci95_high'] * 100:+.1f}] ({health['verdict']}), "
+    parts = [f"iteration {health['iteration']} vs {health['iteration'] - 1}: {_points(previous, ' points')} "
+             f"({health['verdict']}), "
              f"{previous['wrong_to_right']} wrong->right, {previous['right_to_wrong']} right->wrong, McNemar p "
              f"{previous['mcnemar_p']:.3g}"]
     if "vs_base" in health:
-        base = health["vs_base"]
-        parts.append(f"vs base {base['gain'] * 100:+.1f} [{base['ci95_low'] * 100:+.1f}, {base['ci95_high'] * 100:+.1f}]")
+        parts.append(f"vs base {_points(health['vs_base'])}")
     if "samples" in health:
         s = health["samples"]
         parts.append(f"samples: {s['distinct_answers_per_prompt']:.2f} distinct answers per prompt, "
@@ -139,10 +144,9 @@ def flip_table(manifest: dict) -> list[str]:
             continue
         p, samples = health["vs_previous"], health.get("samples") or {}
         base = health.get("vs_base")
-        rows.append(f"| {key} | {p['gain'] * 100:+.1f} [{p['ci95_low'] * 100:+.1f}, {p['ci95_high'] * 100:+.1f}] | "
+        rows.append(f"| {key} | {_points(p)} | "
                     f"{health['verdict']} | {p['wrong_to_right']} | {p['right_to_wrong']} | {p['mcnemar_p']:.3g} | "
-                    + (f"{base['gain'] * 100:+.1f} [{base['ci95_low'] * 100:+.1f}, {base['ci95_high'] * 100:+.1f}]"
-                       if base else "(this is the base comparison)") + " | "
+                    + (_points(base) if base else "(this is the base comparison)") + " | "
                     + (f"{samples['distinct_answers_per_prompt']:.2f} | {samples['finished_share']:.0%}"
                        if samples else "- | -") + " |")
     if not rows:
