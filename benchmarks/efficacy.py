@@ -1,8 +1,9 @@
 """Does the loop make the model better? Runs a recipe for several seeds and prints, one row per seed, base and final
 greedy, sampled and majority accuracy on held-out problems, each gain with its paired-bootstrap 95% interval, and the
-run's wall time.
+run's wall time; then each iteration's greedy gain over the base and over the iteration before, on eval.data and on
+each of the recipe's eval_sets; then the spread of those gains across the seeds (mean, sd, range).
 
-    python benchmarks/efficacy.py [--recipe recipes/default.yaml] [--seeds 0 1]
+    python benchmarks/efficacy.py [--recipe recipes/default.yaml] [--seeds 0 1] [--out runs/efficacy] [--force]
         [--heldout data/arithmetic_heldout_600.jsonl] [--limit 600] [--sampled-limit 100] [--k 4]
 
 Each seed runs the recipe unchanged except `seed` and its `eval:` (the held-out file and sizes), into
@@ -33,8 +34,11 @@ def bootstrap_interval(values: list[float]) -> tuple[float, float]:
     return result["ci95_low"], result["ci95_high"]
 
 
-def summarize(run_dir: Path) -> dict:
+def summarize(run_dir: Path, sets: list[str]) -> dict:
+    """One seed's numbers: base and final greedy, sampled and majority accuracy with the final's gain over the base,
+    and each iteration's greedy gain over the base and over the previous iteration on eval.data and each extra set."""
     from selfalign.evaluation.heldout import paired_bootstrap
+    from selfalign.reporting import evaluated
 
     evals = sorted(run_dir.glob("iter_*/eval.json"))
     base, final = (json.loads(p.read_text()) for p in (evals[0], evals[-1]))
@@ -46,10 +50,36 @@ def summarize(run_dir: Path) -> dict:
         row[name] = {"base": sum(base[key]) / len(base[key]), "final": sum(final[key]) / len(final[key]),
                      "base_ci95": bootstrap_interval(base[key]), "final_ci95": bootstrap_interval(final[key]),
                      "gain": gain["gain"], "gain_ci95": (gain["ci95_low"], gain["ci95_high"]), "n": gain["n"]}
+    row["by_iteration"] = {}
+    for name in ["eval.data", *sets]:
+        found = evaluated(run_dir, None if name == "eval.data" else name)
+        steps = {}
+        for t in sorted(found):
+            if t == 0:
+                continue
+            steps[t] = {"accuracy": sum(found[t]) / len(found[t]),
+                        "vs_base": paired_bootstrap(found[0], found[t]),
+                        "vs_previous": paired_bootstrap(found[t - 1], found[t]) if t - 1 in found else None}
+        row["by_iteration"][name] = {"base": sum(found[0]) / len(found[0]) if 0 in found else None, "steps": steps}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     row["seconds"] = sum(stage.get("seconds", 0) for it in manifest["iterations"].values()
                          for stage in it["stages"].values() if isinstance(stage, dict))
     return row
+
+
+def _points(result: dict | None) -> str:
+    if result is None:
+        return "-"
+    return f"{result['gain'] * 100:+.1f} [{result['ci95_low'] * 100:+.1f}, {result['ci95_high'] * 100:+.1f}]"
+
+
+def spread(values: list[float]) -> str:
+    """Across seeds: mean, sample standard deviation and range of a gain, in points."""
+    import statistics
+
+    points = [v * 100 for v in values]
+    sd = statistics.stdev(points) if len(points) > 1 else float("nan")
+    return f"mean {statistics.mean(points):+.1f}, sd {sd:.1f}, range {min(points):+.1f} to {max(points):+.1f}"
 
 
 def main():
@@ -61,6 +91,8 @@ def main():
     parser.add_argument("--sampled-limit", type=int, default=100)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--out", default="runs/efficacy")
+    parser.add_argument("--force", action="store_true", help="go on with runs started from an earlier version of the "
+                        "recipe (selfalign run --force: finished stages are kept, stages the recipe adds run)")
     args = parser.parse_args()
 
     recipe = yaml_io.load(args.recipe)
@@ -76,11 +108,12 @@ def main():
         recipe_path.parent.mkdir(parents=True, exist_ok=True)
         yaml_io.write(recipe_path, variant)
         started = time.perf_counter()
-        code = subprocess.call([sys.executable, "-m", "selfalign.cli", "run", str(recipe_path), "--out", str(run_dir)],
-                               cwd=REPO)
+        code = subprocess.call([sys.executable, "-m", "selfalign.cli", "run", str(recipe_path), "--out", str(run_dir)]
+                               + (["--force"] if args.force else []), cwd=REPO)
         if code != 0:
             sys.exit(f"seed {seed}: selfalign run failed (exit {code}); its logs are in {run_dir}/")
-        rows[seed] = {**summarize(run_dir), "wall_seconds_this_call": time.perf_counter() - started}
+        rows[seed] = {**summarize(run_dir, list(recipe.get("eval_sets") or {})),
+                      "wall_seconds_this_call": time.perf_counter() - started}
     print("\n| seed | metric | base [95% CI] | final [95% CI] | gain [95% CI] | n | stage seconds |")
     print("|---|---|---|---|---|---|---|")
     for seed, row in rows.items():
@@ -92,6 +125,25 @@ def main():
                   f"{m['final']:.1%} [{m['final_ci95'][0]:.1%}, {m['final_ci95'][1]:.1%}] | "
                   f"{m['gain'] * 100:+.1f} [{m['gain_ci95'][0] * 100:+.1f}, {m['gain_ci95'][1] * 100:+.1f}] | "
                   f"{m['n']} | {row['seconds']:.0f} |")
+    print("\n| seed | set | base | iteration | accuracy | gain vs base [95% CI] | gain vs previous [95% CI] |")
+    print("|---|---|---|---|---|---|---|")
+    for seed, row in rows.items():
+        for name, found in row["by_iteration"].items():
+            for t, step in found["steps"].items():
+                print(f"| {seed} | {name} | {found['base']:.1%} | {t} | {step['accuracy']:.1%} | "
+                      f"{_points(step['vs_base'])} | {_points(step['vs_previous'])} |")
+    if len(rows) > 1:  # the spread across seeds: each seed varies the engine, sampling and training seeds together
+        print("\nAcross seeds (recipe seed S: engine seed S, sampling seed S + t, training seed S + t):")
+        names = next(iter(rows.values()))["by_iteration"]
+        for name in names:
+            for t in names[name]["steps"]:
+                gains = [row["by_iteration"][name]["steps"][t]["vs_base"]["gain"] for row in rows.values()
+                         if t in row["by_iteration"].get(name, {}).get("steps", {})]
+                print(f"  {name}, iteration {t} vs base: {spread(gains)} ({len(gains)} seeds)")
+                if t > 1:
+                    gains = [row["by_iteration"][name]["steps"][t]["vs_previous"]["gain"] for row in rows.values()
+                             if t in row["by_iteration"].get(name, {}).get("steps", {})]
+                    print(f"  {name}, iteration {t} vs {t - 1}: {spread(gains)} ({len(gains)} seeds)")
     print("EFFICACY " + json.dumps(rows), flush=True)
 
 

@@ -16,9 +16,14 @@ from selfalign.cli_engine import with_engine_flags
 from selfalign.generation import ENGINES, GenerationConfig
 from selfalign.generation.options import EngineOptions
 from selfalign.judging.mbr import UTILITIES
-from selfalign.cli_utils import console, load_config, one_line, parse_set_options, print_error, setup_logging
+from selfalign.cli_utils import console, one_line, print_error, setup_logging
+from selfalign.config_files import load_config, parse_set_options
 from selfalign.errors import ConfigError, SelfAlignError
-from selfalign.cli_config import with_config_flags
+from selfalign.cli_config import field_default, with_config_flags, with_default
+from selfalign.judging.scorers import JudgeConfig
+from selfalign.judging.self_taught import SelfTaughtConfig
+from selfalign.pairs import PairOptions
+from selfalign.selection import SelectConfig
 from selfalign.training.config import TrainConfig
 from selfalign.training.heap import keep_freed_memory
 
@@ -49,7 +54,7 @@ class _Commands(TyperGroup):
             raise typer.Exit(2) from None
 
 
-# markdown, not rich: a help text's "[default: X]" or "[/INST]" is text, not markup
+# markdown, not rich: a help text's default note or "[/INST]" is text, not markup
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, help=__doc__,
                   rich_markup_mode="markdown")
 
@@ -97,16 +102,18 @@ def generate(
     prompts: Path = typer.Option(..., help="JSONL, one {'prompt': str} or {'messages': [...]} per line"),
     out: Path = typer.Option(..., help="where the samples JSONL is written (atomically)"),
     model: str = typer.Option("default", help="hub id, local folder, .gguf file, or 'default'"),
-    config: Optional[Path] = typer.Option(None, help="YAML/JSON with generation fields (a recipe's `generation:`)  "
-                                                     "[default: none]"),
-    limit: Optional[int] = typer.Option(None, help="only the first N prompts  [default: all]"),
+    config: Optional[Path] = typer.Option(None, help=with_default("YAML/JSON with generation fields (a recipe's "
+                                                                  "`generation:`)", None)),
+    limit: Optional[int] = typer.Option(None, help=with_default("only the first N prompts", "all")),
     show: int = typer.Option(0, help="print a table of the first N samples"),
-    select: Optional[str] = typer.Option(None, help="mbr | self-verify: write one chosen sample per prompt to OUT "
-                                         "(all N go to OUT's .candidates.jsonl)  [default: none, all samples]"),
-    utility: Optional[str] = typer.Option(None, help=f"--select mbr: {' | '.join(UTILITIES)}  "
-                                          "[default: chrf]"),
-    mbr_references: Optional[int] = typer.Option(None, help="--select mbr: pseudo-references per sample  "
-                                                 "[default: 8]"),
+    select: Optional[str] = typer.Option(None, help=with_default("mbr | self-verify: write one chosen sample per "
+                                                                 "prompt to OUT (all N go to OUT's .candidates.jsonl; "
+                                                                 "none: all samples to OUT)", None)),
+    utility: Optional[str] = typer.Option(None, help=with_default(f"--select mbr: {' | '.join(UTILITIES)}",
+                                                                  field_default(SelectConfig, "utility"))),
+    mbr_references: Optional[int] = typer.Option(None, help=with_default("--select mbr: pseudo-references per "
+                                                                         "sample", field_default(SelectConfig,
+                                                                                                 "mbr_references"))),
     layout: dict = None,
     sampling: dict = None,
 ) -> None:
@@ -162,56 +169,22 @@ def generate(
 
 
 @app.command()
+@with_config_flags(JudgeConfig, panel="Judge (a recipe's judge: fields)")
 def judge(
     samples: Path = typer.Option(..., help="samples JSONL from `selfalign generate`"),
     out: Path = typer.Option(..., help="scored samples JSONL (atomic; resumes from OUT.partial)"),
-    config: Optional[Path] = typer.Option(None, help="YAML/JSON with judge fields (a recipe's `judge:`)  "
-                                                     "[default: none]"),
-    scorer: Optional[str] = typer.Option(None, help="self-consistency | execution | llm-judge | reward-model | mbr  "
-                                         "[default: self-consistency]"),
-    check: Optional[str] = typer.Option(None, help="execution: equations (compute each written equation) | program "
-                                        "(run the sample as a program)  [default: equations]"),
-    grounded: Optional[bool] = typer.Option(None, "--grounded/--no-grounded", help="execution, equations: operands "
-                                            "must be the question's numbers or earlier true results  [default: on]"),
-    utility: Optional[str] = typer.Option(None, help=f"mbr: {' | '.join(UTILITIES)}  "
-                                          "[default: chrf]"),
-    mbr_references: Optional[int] = typer.Option(None, help="mbr: pseudo-references per sample; cost grows as "
-                                                 "k x this  [default: 8]"),
-    embedding_model: Optional[str] = typer.Option(None, help="mbr --utility embedding: a sentence-embedding model  "
-                                                             "[default: default]"),
-    judge_model: Optional[str] = typer.Option(None, help="llm-judge / reward-model: hub id, folder, or 'default'  "
-                                                         "[default: policy]"),
-    judge_base_url: Optional[str] = typer.Option(None, help="llm-judge: an OpenAI-compatible endpoint (.../v1)  "
-                                                            "[default: none, a local judge]"),
-    judge_api_key_env: Optional[str] = typer.Option(None, help="environment variable holding the API key  "
-                                                    "[default: OPENAI_API_KEY]"),
-    mode: Optional[str] = typer.Option(None, help="llm-judge: pointwise | pairwise  [default: pairwise]"),
-    use_logprobs: Optional[bool] = typer.Option(None, "--use-logprobs/--no-use-logprobs",
-                                                help="pairwise: read the preference from answer-letter probabilities  "
-                                                     "[default: on]"),
-    concurrency: Optional[int] = typer.Option(None, help="OpenAI endpoint: requests in flight  [default: 8]"),
-    judge_timeout: Optional[float] = typer.Option(None, help="OpenAI endpoint: seconds one request may take, "
-                                                  "retries included  [default: 300]"),
-    on_judge_error: Optional[str] = typer.Option(None, help="OpenAI endpoint, when a request's time is spent: stop | "
-                                                 "abstain  [default: stop]"),
-    strict_answers: Optional[bool] = typer.Option(None, "--strict-answers", help="self-consistency: only finished "
-                                                  "samples that state 'The answer is N' vote  [default: off]"),
+    config: Optional[Path] = typer.Option(None, help=with_default("YAML/JSON with judge fields (a recipe's `judge:`)",
+                                                                  None)),
     force: bool = typer.Option(False, help="discard OUT.partial left by a run on other samples or settings"),
+    options: dict = None,
 ) -> None:
     """Score samples: self-consistency votes, checked (executed) answers, an LLM judge, a reward model, or MBR."""
-    from selfalign.io import read_jsonl
-    from selfalign.judging.scorers import JudgeConfig, make_scorer
-    from selfalign.io import prepare_output
+    from selfalign.io import prepare_output, read_jsonl
+    from selfalign.judging.scorers import make_scorer
     from selfalign.judging.stage import check_samples, score_file, summarize, write_report
     from selfalign.records import Sample
 
-    cfg = load_config(JudgeConfig, config, {"scorer": scorer, "judge_model": judge_model,
-                                            "judge_base_url": judge_base_url, "judge_api_key_env": judge_api_key_env,
-                                            "mode": mode, "use_logprobs": use_logprobs, "concurrency": concurrency,
-                                            "judge_timeout": judge_timeout, "on_judge_error": on_judge_error,
-                                            "utility": utility, "mbr_references": mbr_references,
-                                            "embedding_model": embedding_model, "strict_answers": strict_answers,
-                                            "check": check, "grounded": grounded})
+    cfg = load_config(JudgeConfig, config, options)
     records = read_jsonl(samples, Sample)
     check_samples(records, samples)
     prepare_output(out, inputs=[samples])
@@ -225,36 +198,25 @@ def judge(
 
 
 @app.command("build-pairs")
+@with_config_flags(PairOptions, panel="Pairs (a recipe's pairs: fields)")
 def build_pairs(
     scored: Path = typer.Option(..., help="scored samples JSONL from `selfalign judge`"),
     out: Path = typer.Option(..., help="pairs (ranked lists, single completions) JSONL, written atomically"),
-    config: Optional[Path] = typer.Option(None, help="YAML/JSON with pair fields (a recipe's `pairs:`)  "
-                                                     "[default: none]"),
-    mode: Optional[str] = typer.Option(None, help="pairs | scpo | lists | singles (KTO, DRO)  [default: pairs]"),
-    min_margin: Optional[float] = typer.Option(None, help="least score gap between chosen and rejected  "
-                                                          "[default: 0.0]"),
-    vote_threshold: Optional[int] = typer.Option(None, help="scpo, singles: tau, least votes of the top answer  "
-                                                            "[default: 1]"),
-    max_pairs_per_prompt: Optional[int] = typer.Option(None, help="[default: 1]"),
-    max_length_ratio: Optional[float] = typer.Option(None, help="drop pairs whose chosen is this many times longer  "
-                                                                "[default: none, no length guard]"),
-    chosen_pick: Optional[str] = typer.Option(None, help="scpo: first | shortest (the shortest finished sample of "
-                                              "the top answer)  [default: first]"),
+    config: Optional[Path] = typer.Option(None, help=with_default("YAML/JSON with pair fields (a recipe's `pairs:`)",
+                                                                  None)),
+    options: dict = None,
 ) -> None:
     """Build preference pairs, ranked lists or single labeled completions from scored samples, with a report of what
     was dropped and why."""
     from selfalign.io import DataFileError, prepare_output, read_jsonl, require_records, write_jsonl
     from selfalign.judging.stage import write_report
-    from selfalign.pairs import PairOptions, build_preferences
+    from selfalign.pairs import build_preferences
     from selfalign.records import ScoredSample
 
-    options = load_config(PairOptions, config, {"mode": mode, "min_margin": min_margin,
-                                                "vote_threshold": vote_threshold,
-                                                "max_pairs_per_prompt": max_pairs_per_prompt,
-                                                "max_length_ratio": max_length_ratio, "chosen_pick": chosen_pick})
+    pair_options = load_config(PairOptions, config, options)
     prepare_output(out, inputs=[scored])
     records, report = build_preferences(require_records(read_jsonl(scored, ScoredSample), scored, "scored samples"),
-                                        options)
+                                        pair_options)
     if not records:
         raise DataFileError(scored, None, None, f"no preference records survived the filters ({report}); nothing "
                             "was written")
@@ -274,10 +236,11 @@ def train(
     out: Path = typer.Option(..., help="output folder: the final adapter or model at its root (with README.md), "
                              "checkpoint-N/, metrics.jsonl, logs/"),
     split: str = typer.Option("train", help="dataset split, for a hub dataset or dataset folder"),
-    config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields (TRL's names), or an "
-                                          "alignment-handbook recipe (model_name_or_path, ...)  [default: none]"),
-    set_: list[str] = typer.Option([], "--set", help="any TrainConfig field, key=value (lists too; repeatable)  "
-                                                     "[default: none]"),
+    config: Optional[Path] = typer.Option(None, help=with_default("YAML with TrainConfig fields (TRL's names), or an "
+                                                                  "alignment-handbook recipe (model_name_or_path, "
+                                                                  "...)", None)),
+    set_: list[str] = typer.Option([], "--set", help=with_default("any TrainConfig field, key=value (lists too; "
+                                                                  "repeatable)", None)),
     force: bool = typer.Option(False, help="OUT holds another run (other data or settings): discard it and start over"),
     options: dict = None,
 ) -> None:
@@ -294,27 +257,25 @@ def train(
 
 
 @app.command("judge-train")
+@with_config_flags(SelfTaughtConfig, skip=("train",), panel="Self-taught judge (a recipe's judge_training: fields)")
 def judge_train(
     prompts: Path = typer.Option(..., help="instructions JSONL ({'prompt'} or {'messages'} per line), no labels"),
     out: Path = typer.Option(..., help="folder: contrast.jsonl, iter_NN/{verdicts,judge_pairs}.jsonl, merged/, "
                              "accuracy.json, summary.json"),
     judge_model: str = typer.Option("default", help="the starting judge: hub id, folder, or 'default'"),
     iterations: int = typer.Option(1, min=1, help="rounds of verdicts -> training -> a new judge"),
-    config: Optional[Path] = typer.Option(None, help="YAML/JSON with self-taught fields (heldout, verdicts, "
-                                          "temperature, reasoning, train: {TrainConfig fields}, ...)  [default: none]"),
-    heldout: Optional[int] = typer.Option(None, help="contrasting pairs kept out, for accuracy  [default: 16]"),
-    verdicts: Optional[int] = typer.Option(None, help="sampled verdicts per pair and position  [default: 4]"),
+    config: Optional[Path] = typer.Option(None, help=with_default(
+        "YAML/JSON with self-taught fields (these flags', and train: {TrainConfig fields})", None)),
     engine: str = typer.Option("auto", help=" | ".join(ENGINES)),
-    set_: list[str] = typer.Option([], "--set", help="a field of the judge's training (TrainConfig), key=value  "
-                                                     "[default: none]"),
+    set_: list[str] = typer.Option([], "--set", help=with_default("a field of the judge's training (TrainConfig), "
+                                                                  "key=value", None)),
     force: bool = typer.Option(False, help="OUT holds a run with other prompts or settings: discard it"),
+    options: dict = None,
 ) -> None:
     """Self-Taught Evaluator: the judge learns from its own verdicts on contrasting pairs of known order."""
     from selfalign.judge_train import train_judge
-    from selfalign.judging.self_taught import SelfTaughtConfig
-    from selfalign.training.config import TrainConfig
 
-    cfg = load_config(SelfTaughtConfig, config, {"heldout": heldout, "verdicts": verdicts})
+    cfg = load_config(SelfTaughtConfig, config, options)
     if set_:
         train_cfg = load_config(TrainConfig, None, {}, {**cfg.train.model_dump(exclude_unset=True),
                                                        **parse_set_options(set_)})
@@ -332,11 +293,11 @@ def export(
     out: Path = typer.Option(..., help="target folder (must be empty unless --force)"),
     dtype: str = typer.Option("float32", help="bfloat16 | float16 | float32 (bf16, fp16, fp32 accepted)"),
     iteration: Optional[int] = typer.Option(None, help="with a run folder: which iteration (default: the last)"),
-    base_model: Optional[str] = typer.Option(None, help="the base model, where the source does not record it  "
-                                                        "[default: the recorded one]"),
+    base_model: Optional[str] = typer.Option(None, help=with_default("the base model, where the source does not "
+                                                                     "record it", "the recorded one")),
     force: bool = typer.Option(False, help="replace a non-empty target"),
-    push_to_hub: Optional[str] = typer.Option(None, help="also upload to this hub repo (token from HF_TOKEN)  "
-                                                         "[default: none]"),
+    push_to_hub: Optional[str] = typer.Option(None, help=with_default("also upload to this hub repo (token from "
+                                                                      "HF_TOKEN)", None)),
 ) -> None:
     """Merge LoRA into the base weights and save a plain, verified Hugging Face checkpoint with a model card."""
     from selfalign.errors import ConfigError
@@ -357,10 +318,10 @@ def run(
     recipe: Path = typer.Argument(..., help="a recipe YAML, e.g. recipes/default.yaml"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/<recipe name>)"),
     force: bool = typer.Option(False, help="continue a run whose recipe has changed since it started"),
-    iterations: Optional[int] = typer.Option(None, min=1, help="run only the first N iterations now  "
-                                                               "[default: the recipe's iterations]"),
-    until: Optional[str] = typer.Option(None, help="stop after this stage of the last iteration  "
-                                                   "[default: none, run it all]"),
+    iterations: Optional[int] = typer.Option(None, min=1, help=with_default("run only the first N iterations now",
+                                                                            "the recipe's iterations")),
+    until: Optional[str] = typer.Option(None, help=with_default("stop after this stage of the last iteration (none: "
+                                                                "run it all)", None)),
     no_cache: bool = typer.Option(False, "--no-cache", help="recompute the base model's engine jobs (its evaluation, "
                                   "the verifier's and iteration 1's samples) instead of taking them from the cache"),
 ) -> None:

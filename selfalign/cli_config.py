@@ -14,6 +14,20 @@ import typer
 from pydantic import BaseModel
 
 _SCALARS = (bool, int, float, str)
+
+
+def field_default(config: type[BaseModel], name: str):
+    """A config field's default (its factory's value where it has one): what a flag's help shows."""
+    return config.model_fields[name].get_default(call_default_factory=True)
+
+
+def with_default(help_text: str, default) -> str:
+    """A flag's help with the default `--help` shows, in typer's own words (typer.rich_utils.DEFAULT_STRING). Flags
+    whose value is None until given (so a `--config` file's value stands) show it this way: the model's default,
+    never a copy."""
+    from typer.rich_utils import DEFAULT_STRING
+
+    return f"{help_text}  {DEFAULT_STRING.format('none' if default is None else default)}".strip()
 _UNIONS = (typing.Union, types.UnionType)
 
 
@@ -58,11 +72,11 @@ def config_parameters(config: type[BaseModel], names: dict[str, tuple[str, ...]]
             continue
         flag = f"--{name.replace('_', '-')}"
         decls = (names or {}).get(name) or ((f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag,))
-        default = field.get_default(call_default_factory=True)
         choices = _choices(field.annotation)
-        help_text = " ".join(part for part in [field.description or "", " | ".join(choices) if choices and
-                                                not (field.description or "").startswith(choices[0]) else ""] if part)
-        help_text = f"{help_text}  [default: {default}]".strip()
+        help_text = field.description or " | ".join(choices)
+        if choices and field.description and not field.description.startswith(choices[0]):
+            help_text += f" ({' | '.join(choices)})"
+        help_text = with_default(help_text, "from --config" if field.is_required() else field_default(config, name))
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
                                         default=typer.Option(None, *decls, help=help_text, rich_help_panel=panel)))
     return params

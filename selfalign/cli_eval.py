@@ -10,28 +10,33 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from selfalign.cli_config import field_default, with_config_flags, with_default
 from selfalign.cli_engine import with_engine_flags
+from selfalign.evaluation.heldout import HeldoutConfig
 from selfalign.judging.mbr import UTILITIES
-from selfalign.cli_utils import console, fail as _fail, load_config, one_line
+from selfalign.selection import SelectConfig
+from selfalign.cli_utils import console, fail, one_line
+from selfalign.config_files import load_config
 
 eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
                        help="Benchmarks: gsm8k, mt-bench, alpaca-eval, held-out accuracy; "
                        "compare two runs.")
 
 
-SELECT_HELP = ("mbr | self-verify: answer with one of --n samples, chosen by MBR consensus or by the model's own "
-               "rating  [default: none, the greedy answer]")
-LIMIT_HELP = "only the first N items  [default: all]"
-CONFIG_HELP = "protocol YAML  [default: evals/<benchmark>.yaml]"
-JUDGE_URL_HELP = "the judge's OpenAI-compatible endpoint (.../v1)  [default: none, a local judge]"
-UTILITY_HELP = f"--select mbr: {' | '.join(UTILITIES)}  [default: chrf]"
+SELECT_HELP = with_default("mbr | self-verify: answer with one of --n samples, chosen by MBR consensus or by the "
+                           "model's own rating (none: the greedy answer)", None)
+LIMIT_HELP = with_default("only the first N items", "all")
+CONFIG_HELP = with_default("protocol YAML", "evals/<benchmark>.yaml")
+JUDGE_URL_HELP = with_default("the judge's OpenAI-compatible endpoint (.../v1); none: a local judge", None)
+UTILITY_HELP = with_default(f"--select mbr: {' | '.join(UTILITIES)}", field_default(SelectConfig, "utility"))
+N_HELP = with_default("--select: samples per answer", field_default(SelectConfig, "n"))
 
 
 def _selection(model: str, select: Optional[str], utility: Optional[str], n: Optional[int]):
     """(SelectConfig, select function) for `--select`, or None."""
     if select is None:
         if utility is not None or n is not None:
-            _fail("--utility and --n choose how --select picks an answer: give --select too")
+            fail("--utility and --n choose how --select picks an answer: give --select too")
         return None
     from selfalign.selection import SelectConfig, make_selector
 
@@ -58,7 +63,7 @@ def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: O
     try:
         protocol = _override(load_protocol(benchmark, config), overrides or {})
         if benchmark == "mt_bench" and data is None:
-            _fail("mt-bench needs --data DIR (FastChat's llm_judge/data/mt_bench layout)")
+            fail("mt-bench needs --data DIR (FastChat's llm_judge/data/mt_bench layout)")
         prepare_output(out, kind="folder")  # a file given as --out is one line of error, not a traceback
         out.mkdir(exist_ok=True)
         gen = get_engine(engine, model, options=_engine_options(layout or {}))
@@ -71,7 +76,7 @@ def _eval(benchmark: str, model: str, out: Path, data: Optional[Path], config: O
             run = runners.run_mt_bench if benchmark == "mt_bench" else runners.run_alpaca_eval
             result = run(gen, model, out, protocol, data, limit, backend, local, selection)
     except (FileNotFoundError, ModelNotFoundError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if result.get("judge_note"):
         console.print(result["judge_note"], style="bold yellow")
     console.print(one_line(result["numbers"]), soft_wrap=True)
@@ -87,7 +92,7 @@ def _override(protocol: dict, overrides: dict) -> dict:
     if shots is not None:
         exemplars = protocol.get("fewshot_exemplars") or []
         if shots > len(exemplars):
-            _fail(f"--num-fewshot {shots}: the protocol has {len(exemplars)} exemplars")
+            fail(f"--num-fewshot {shots}: the protocol has {len(exemplars)} exemplars")
         protocol = {**protocol, "style": "fewshot_cot" if shots else "zeroshot_cot",
                     "fewshot_exemplars": exemplars[:shots]}
     if max_new_tokens is not None:
@@ -105,14 +110,13 @@ def eval_gsm8k(model: str = typer.Option("default"), out: Path = typer.Option(..
                limit: Optional[int] = typer.Option(None, help=LIMIT_HELP), engine: str = "auto",
                select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
-               n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
+               n: Optional[int] = typer.Option(None, help=N_HELP),
                layout: dict = None,
-               num_fewshot: Optional[int] = typer.Option(None, min=0, max=8, help="0: zero-shot chat prompt; N: the "
-                                                         "first N chain-of-thought exemplars  [default: the "
-                                                         "protocol's, 0]"),
-               max_new_tokens: Optional[int] = typer.Option(None, min=1, help="[default: the protocol's, 512]"),
-               batch_size: Optional[int] = typer.Option(None, min=1, help="items generated and saved per step  "
-                                                        "[default: 32]")) -> None:
+               num_fewshot: Optional[int] = typer.Option(None, min=0, max=8, help=with_default(
+                   "0: zero-shot chat prompt; N: the first N chain-of-thought exemplars", "the protocol's")),
+               max_new_tokens: Optional[int] = typer.Option(None, min=1, help=with_default("", "the protocol's")),
+               batch_size: Optional[int] = typer.Option(None, min=1, help=with_default(
+                   "items generated and saved per step", "the protocol's"))) -> None:
     """GSM8K: strict-match and flexible-extract accuracy with standard errors, and lm-eval's per-item samples file
     (lm-evaluation-harness conventions)."""
     _eval("gsm8k", model, out, data, config, limit, engine, selection=_selection(model, select, utility, n),
@@ -127,15 +131,15 @@ def _judged_benchmark(name: str, benchmark: str, data_help: str, summary: str):
     @with_engine_flags()
     def command(model: str = typer.Option("default"), out: Path = typer.Option(...),
                 data: Optional[Path] = typer.Option(None, help=data_help),
-                judge: Optional[str] = typer.Option(None, help="judge model (local) or endpoint model name  "
-                                                               "[default: the evaluated model]"),
+                judge: Optional[str] = typer.Option(None, help=with_default("judge model (local) or endpoint model "
+                                                                            "name", "the evaluated model")),
                 judge_base_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
                 judge_api_key_env: str = "OPENAI_API_KEY",
                 config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
                 limit: Optional[int] = typer.Option(None, help=LIMIT_HELP), engine: str = "auto",
                 select: Optional[str] = typer.Option(None, help=SELECT_HELP),
                 utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
-                n: Optional[int] = typer.Option(None, help="--select: samples per answer  [default: 4]"),
+                n: Optional[int] = typer.Option(None, help=N_HELP),
                 layout: dict = None) -> None:
         _eval(benchmark, model, out, data, config, limit, engine, judge, judge_base_url, judge_api_key_env,
               _selection(model, select, utility, n), layout=layout)
@@ -143,39 +147,35 @@ def _judged_benchmark(name: str, benchmark: str, data_help: str, summary: str):
     return command
 
 
-eval_mt_bench = _judged_benchmark("mt-bench", "mt_bench", "FastChat-layout folder  [default: none; required for "
-                                  "mt-bench]", "MT-Bench: two-turn answers, single-answer grading 1-10 (FastChat "
-                                  "conventions and file formats).")
+eval_mt_bench = _judged_benchmark("mt-bench", "mt_bench", with_default("FastChat-layout folder (required)", None),
+                                  "MT-Bench: two-turn answers, single-answer grading 1-10 (FastChat conventions and "
+                                  "file formats).")
 eval_alpaca = _judged_benchmark("alpaca-eval", "alpaca_eval", "alpaca_eval folder (default: the hub)",
                                 "AlpacaEval 2.0: win rate against gpt4_1106_preview with the weighted (log-prob) "
                                 "annotator.")
 
 
 @eval_app.command("heldout")
+@with_config_flags(HeldoutConfig, skip=("select",), panel="Held-out evaluation (a recipe's eval: fields)")
 @with_engine_flags()
 def eval_heldout(model: str = typer.Option("default", help="the policy to evaluate"),
                  out: Path = typer.Option(..., help="eval.json, written atomically"),
-                 config: Optional[Path] = typer.Option(None, help="YAML/JSON with held-out fields (a recipe's "
-                                                                  "`eval:`)  "
-                                                                  "[default: none]"),
-                 data: Optional[str] = typer.Option(None, help="JSONL of {prompt, answer}  [default: --config's data]"),
-                 limit: Optional[int] = typer.Option(None, help=LIMIT_HELP),
-                 k: Optional[int] = typer.Option(None, help="samples for majority@k (0: greedy only)  [default: 8]"),
-                 select: Optional[str] = typer.Option(None, help="mbr | self-verify: also the accuracy of one of the "
-                                                      "k samples chosen this way  [default: none]"),
+                 config: Optional[Path] = typer.Option(None, help=with_default(
+                     "YAML/JSON with held-out fields (a recipe's `eval:`)", None)),
+                 select: Optional[str] = typer.Option(None, help=with_default(
+                     "mbr | self-verify: also the accuracy of one of the k samples chosen this way", None)),
                  utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),
                  engine: str = "auto", seed: int = 0,
-                 layout: dict = None) -> None:
+                 layout: dict = None, options: dict = None) -> None:
     """Held-out answer accuracy: greedy, sampled, majority@k and the generation-verification gap (the loop's
     evaluation stage)."""
-    from selfalign.evaluation.heldout import HeldoutConfig, evaluate_heldout
+    from selfalign.evaluation.heldout import evaluate_heldout
     from selfalign.generation import get_engine
     from selfalign.io import read_jsonl
     from selfalign.records import PromptRecord
 
     chosen = {k: v for k, v in {"method": select, "utility": utility}.items() if v is not None}
-    cfg = load_config(HeldoutConfig, config, {"data": data, "limit": limit, "k": k,
-                                              "select": chosen or None})
+    cfg = load_config(HeldoutConfig, config, {**options, "select": chosen or None})
     prompts = read_jsonl(cfg.data, PromptRecord)
     answered = [p for p in prompts if p.answer is not None][:cfg.limit]
     with_answers, sampled = len(answered), len(answered[:cfg.sampled_limit])

@@ -10,7 +10,7 @@ import difflib
 import logging
 from pathlib import Path
 
-from selfalign.cli_utils import load_config, read_mapping
+from selfalign.config_files import load_config, read_mapping
 from selfalign.errors import ConfigError
 from selfalign.training.config import TrainConfig
 

@@ -78,20 +78,21 @@ def sample_health(scored_path: Path) -> dict | None:
             "finished_share": finished / total}
 
 
-def greedy_correct(run_dir: Path, iteration: int) -> list[int] | None:
-    """Iteration t's per-item greedy results from `iter_NN/eval.json`; None where it has none (not evaluated, or not
-    an evaluation file: nothing to compare)."""
+def greedy_correct(run_dir: Path, iteration: int, eval_set: str | None = None) -> list[int] | None:
+    """Iteration t's per-item greedy results from `iter_NN/eval.json` (`eval_set`: the recipe's extra set, from
+    eval_<name>.json); None where it has none (not evaluated, or not an evaluation file: nothing to compare)."""
+    name = "eval.json" if eval_set is None else f"eval_{eval_set}.json"
     try:
-        found = json.loads((run_dir / f"iter_{iteration:02d}" / "eval.json").read_text())
+        found = json.loads((run_dir / f"iter_{iteration:02d}" / name).read_text())
     except (OSError, ValueError):
         return None
     correct = found.get("greedy_correct") if isinstance(found, dict) else None
     return correct if isinstance(correct, list) and correct else None
 
 
-def iteration_health(run_dir: Path, iteration: int) -> dict | None:
-    """Iteration t's evaluation against iteration t-1's and the base's, and its samples' health; None before any
-    trained iteration is evaluated."""
+def iteration_health(run_dir: Path, iteration: int, eval_sets: tuple[str, ...] = ()) -> dict | None:
+    """Iteration t's evaluation against iteration t-1's and the base's, the same on each of `eval_sets` (the recipe's
+    extra held-out sets), and its samples' health; None before any trained iteration is evaluated."""
     current, previous = greedy_correct(run_dir, iteration), greedy_correct(run_dir, iteration - 1)
     base = greedy_correct(run_dir, 0)
     if iteration < 1 or current is None or previous is None:
@@ -100,6 +101,16 @@ def iteration_health(run_dir: Path, iteration: int) -> dict | None:
     health["verdict"] = verdict(health["vs_previous"])
     if base is not None and iteration > 1:
         health["vs_base"] = compare(base, current)
+    sets = {}
+    for name in eval_sets:
+        found = [greedy_correct(run_dir, t, name) for t in (iteration, iteration - 1, 0)]
+        if found[0] is None or found[1] is None:
+            continue
+        sets[name] = {"accuracy": sum(found[0]) / len(found[0]), "vs_previous": compare(found[1], found[0])}
+        if found[2] is not None and iteration > 1:
+            sets[name]["vs_base"] = compare(found[2], found[0])
+    if sets:
+        health["sets"] = sets
     samples = sample_health(run_dir / f"iter_{iteration:02d}" / "scored.jsonl")
     if samples:
         health["samples"] = samples
@@ -121,6 +132,9 @@ def describe(health: dict) -> str:
              f"{previous['mcnemar_p']:.3g}"]
     if "vs_base" in health:
         parts.append(f"vs base {_points(health['vs_base'])}")
+    for name, found in health.get("sets", {}).items():
+        parts.append(f"{name} {found['accuracy']:.1%}: {_points(found['vs_previous'])} vs previous"
+                     + (f", {_points(found['vs_base'])} vs base" if "vs_base" in found else ""))
     if "samples" in health:
         s = health["samples"]
         parts.append(f"samples: {s['distinct_answers_per_prompt']:.2f} distinct answers per prompt, "

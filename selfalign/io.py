@@ -237,6 +237,28 @@ def fingerprint(settings: dict | None = None, records: Iterable[BaseModel] = (),
     return digest.hexdigest()
 
 
+def describe_changes(before: dict, after: dict, limit: int = 3) -> str:
+    """What differs between the settings an output was written under and today's, for every resume's refusal:
+    `iterations: 1 there, 2 now; train.beta: 0.1 there, 0.2 now` (nested fields dotted; at most `limit`, then how
+    many more); empty when no setting differs."""
+    def flat(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in values.items():
+            if isinstance(value, dict) and value:
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = flat(before), flat(after)
+    missing = object()
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+    text = "; ".join(f"{k}: {old.get(k, 'unset')!r} there, {new.get(k, 'unset')!r} now" for k in changed[:limit])
+    if len(changed) > limit:
+        text += f"; and {len(changed) - limit} more"
+    return text
+
+
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import fingerprint, read_jsonl, write_json, write_jsonl
+from selfalign.io import describe_changes, fingerprint, read_jsonl, write_json, write_jsonl
 from selfalign.judging.self_taught import (ContrastPair, SelfTaughtConfig, Verdict, build_contrast_pairs,
                                            judge_accuracy, judge_verdicts, verdict_pairs)
 from selfalign.records import PromptRecord
@@ -49,10 +49,8 @@ def check_fingerprint(out: Path, prompts: list[PromptRecord], judge_model: str, 
             if saved is None:
                 what = "judge-train files with no fingerprint"
             else:
-                changed = [k for k in ("prompts_sha256", "judge_model") if saved.get(k) != expected[k]]
-                changed += [f"settings.{k}" for k in expected["settings"]
-                            if saved.get("settings", {}).get(k) != expected["settings"][k]]
-                what = "a judge-train run with other " + ", ".join(changed[:4])
+                changes = describe_changes(saved, expected) or "its files differ"
+                what = f"a judge-train run with other settings ({changes})"
             raise JudgeTrainError(f"{out} holds {what}; reusing its verdicts would mix two runs. Use a new --out, or "
                                   "--force to discard them")
         for p in ours:

@@ -15,7 +15,7 @@ from pathlib import Path
 from selfalign import children, stages
 from selfalign.executor import Manifest, Stage, StageError, Step, execute
 from selfalign.health import best_iteration, describe, iteration_health
-from selfalign.io import prepare_output
+from selfalign.io import describe_changes, prepare_output
 from selfalign.policy_engine import PolicyEngine
 from selfalign.progress import RunDisplay
 from selfalign.recipes import Recipe, RecipeError, check_inputs, load_recipe
@@ -39,6 +39,14 @@ BASE_STAGES = (
     Stage("verify", "judge, pairs", stages.verify, ("verifier.json",), "runs again (the judge keeps a partial file)",
           applies=stages.checks_verifier),
 )
+# The same check on the policy an iteration trained (the next iteration's sampler), after its evaluation; named apart
+# from iteration 0's so that `--until verify` still means the check before any training.
+RECHECK_STAGES = (
+    Stage("recheck_sample", "generation, verifier_check", stages.verifier_sample, ("verifier_samples.jsonl",),
+          _ENGINE_JOBS, engine=True, applies=stages.rechecks_verifier),
+    Stage("recheck", "judge, pairs", stages.verify, ("verifier.json",), "runs again (the judge keeps a partial file)",
+          applies=stages.rechecks_verifier),
+)
 ITERATION_STAGES = (
     Stage("generate", "generation", stages.generate, ("samples.jsonl",), _ENGINE_JOBS, engine=True),
     Stage("judge_train", "judge_training", stages.judge_train, ("judge_training/summary.json",),
@@ -49,6 +57,7 @@ ITERATION_STAGES = (
           "from its last checkpoint-N (fingerprinted: same data and config)"),
     Stage("export", "export_dtype", stages.export, ("merged",), "runs again (seconds)"),
     EVALUATE,
+    *RECHECK_STAGES,
 )
 UNTIL = tuple(dict.fromkeys(s.name for s in ITERATION_STAGES + BASE_STAGES))  # --until's choices
 
@@ -124,7 +133,7 @@ def _after(step: Step, steps: list[list[Step]], on_iteration) -> None:
     report, and with `stop_on_regression` the end of the run when it turned worse."""
     if step.iteration == 0 or step is not steps[step.iteration][-1]:
         return
-    health = iteration_health(step.run_dir, step.iteration)
+    health = iteration_health(step.run_dir, step.iteration, tuple(step.recipe.eval_sets))
     if health is not None:
         iterations = step.manifest.data.setdefault("iterations", {})
         iterations.setdefault(str(step.iteration), {"stages": {}})["health"] = health
@@ -149,8 +158,9 @@ def _after(step: Step, steps: list[list[Step]], on_iteration) -> None:
 def _open_manifest(run_dir: Path, recipe: Recipe, recipe_path: Path, recipe_hash: str, force: bool) -> Manifest:
     manifest = Manifest(run_dir / "manifest.json")
     if manifest.data.get("recipe_sha256") not in (None, recipe_hash) and not force:
-        raise RecipeError(f"{recipe_path} changed since {run_dir} was started (sha256 "
-                          f"{manifest.data['recipe_sha256'][:12]} -> {recipe_hash[:12]}); pass --force to continue "
+        changes = describe_changes(manifest.data.get("recipe") or {}, recipe.model_dump()) or \
+            f"its text: sha256 {manifest.data['recipe_sha256'][:12]} -> {recipe_hash[:12]}"
+        raise RecipeError(f"{recipe_path} changed since {run_dir} was started ({changes}); pass --force to continue "
                           "with the new recipe, or use a new run folder")
     manifest.data.update(recipe=recipe.model_dump(), recipe_path=str(recipe_path), recipe_sha256=recipe_hash,
                          versions=package_versions(), seeds={"recipe": recipe.seed})

@@ -25,7 +25,7 @@ class PairOptions(BaseModel):
     min_margin: float = Field(0.0, ge=0, description="pairs: least score difference kept (ties are always dropped)")
     vote_threshold: int = Field(1, ge=1, description="scpo and singles with votes: keep a prompt only if its top "
                                 "answer has at least this many votes (tau)")
-    max_pairs_per_prompt: int = Field(1, ge=1)
+    max_pairs_per_prompt: int = Field(1, ge=1, description="the most records one prompt gives")
     max_length_ratio: float | None = Field(None, gt=1.0, description="drop pairs whose chosen is this many times "
                                            "longer than the rejected (a guard against judges that reward length)")
     reject_unanswered: bool = Field(True, description="scpo: a sample with no answer (0 votes) may be rejected")
@@ -33,7 +33,8 @@ class PairOptions(BaseModel):
                                                       "chosen: the first sampled, or the shortest one that finished "
                                                       "(concise; the rejected then differs mostly in its answer or "
                                                       "its rambling)")
-    drop_identical: bool = True
+    drop_identical: bool = Field(True, description="drop a pair whose chosen and rejected texts are the same (lists: "
+                                 "a text seen earlier in the list)")
 
 
 def _assistant(text: str) -> list[Message]:

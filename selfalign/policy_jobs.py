@@ -139,7 +139,7 @@ def serve(requests, console) -> None:
     Ends at the end of input (the loop closed it, or died)."""
     import traceback
 
-    from selfalign.cli_utils import load_config
+    from selfalign.config_files import load_config
     from selfalign.generation import get_engine
     from selfalign.progress import PROGRESS_ENV
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -34,6 +36,11 @@ class Recipe(BaseModel):
     seed: int = 0
     prompts: str = Field(..., description="JSONL prompt file; answers in it are ignored")
     prompts_per_iteration: int | None = Field(None, ge=1, description="a fresh slice of the prompts each iteration")
+    curriculum: Literal["fresh", "agreement"] = Field("fresh", description="which prompts each iteration samples: "
+                                                     "fresh, the next slice of the file; agreement, also up to a "
+                                                     "quarter retried from earlier prompts that had no checked answer, "
+                                                     "never again those all of whose samples agreed "
+                                                     "(selfalign.curriculum)")
     accelerate_config: str | None = Field(None, description="accelerate config file for the train stage (GPUs)")
     train_launcher: str | None = Field(None, description="many machines: a shell command that starts the train "
                                        "stage on every node, with {accelerate} (accelerate launch --config_file "
@@ -50,9 +57,17 @@ class Recipe(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig, description="TrainConfig fields (TRL's names); the "
                                "policy is the recipe's `model`, then each iteration's export")
     eval: HeldoutConfig | None = None
+    eval_sets: dict[str, str] = Field(default_factory=dict, description="more held-out files (with answers), "
+                                      "each under its name: evaluated greedily after eval.data with its settings, and "
+                                      "shown beside it in the terminal, report.md and the iteration health (e.g. "
+                                      "rephrased: problems in sentences training never uses)")
     verifier_check: int = Field(64, ge=0, description="before training, score this many held-out prompts of "
                                 "eval.data as the recipe would (answers used only to measure) and report whether the "
                                 "judge and filters choose right answers more often than the policy does; 0: off")
+    verifier_check_every_iteration: bool = Field(False, description="measure the verifier again after each "
+                                                 "iteration's evaluation, on the policy it trained (the next "
+                                                 "iteration's sampler): its precision and coverage move as the "
+                                                 "policy changes")
     export_dtype: WeightsDtype = "float32"
     stop_on_regression: bool = Field(False, description="end the run after an iteration whose held-out greedy "
                                       "accuracy is worse than the previous iteration's (paired 95% interval below "
@@ -68,8 +83,19 @@ class Recipe(BaseModel):
             raise ValueError("a run folder's name, not a path")
         return name
 
+    @field_validator("eval_sets")
+    @classmethod
+    def _set_names(cls, sets: dict[str, str]) -> dict[str, str]:
+        for name in sets:
+            if not re.fullmatch(r"[a-z0-9_]+", name):
+                raise ValueError(f"{name!r}: a set's name is lower-case letters, digits and '_' (it names the file "
+                                 "eval_<name>.json)")
+        return sets
+
     @model_validator(mode="after")
     def _consistent(self):
+        if self.eval_sets and self.eval is None:
+            raise ValueError("eval_sets: evaluated with eval's settings; set eval too")
         if self.generation.n < 2:
             raise ValueError("generation.n: the loop needs at least 2 samples per prompt to compare")
         if "model" in self.train.model_fields_set:
@@ -142,8 +168,9 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
     from selfalign.generation import PromptError, prompt_ids
     from selfalign.records import PromptRecord
 
+    sets = [(f"eval_sets.{name}", path) for name, path in recipe.eval_sets.items()]
     for label, value in (("prompts", recipe.prompts), ("eval.data", recipe.eval.data if recipe.eval else None),
-                         ("accelerate_config", recipe.accelerate_config)):
+                         *sets, ("accelerate_config", recipe.accelerate_config)):
         if value and not Path(value).exists():
             raise RecipeError(f"{recipe_path}: field '{label}': file not found: {value}")
     if recipe.generation.backend == "ray":
@@ -162,7 +189,8 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
             message = str(e)
             field = "generation.engine_kwargs" if message.startswith("engine_kwargs: ") else "generation"
             raise RecipeError(f"{recipe_path}: field '{field}': {message.removeprefix('engine_kwargs: ')}") from None
-    for label, value in (("prompts", recipe.prompts), ("eval.data", recipe.eval.data if recipe.eval else None)):
+    for label, value in (("prompts", recipe.prompts), ("eval.data", recipe.eval.data if recipe.eval else None),
+                         *sets):
         if not value:
             continue
         try:
@@ -175,8 +203,8 @@ def check_inputs(recipe: Recipe, recipe_path: Path) -> None:
             prompt_ids(prompts)  # the engines' own check: duplicates fail here, not after a model has loaded
         except PromptError as e:
             raise RecipeError(f"{recipe_path}: field '{label}': {e} in {value}") from None
-        if label == "eval.data" and not any(p.answer is not None for p in prompts):
-            raise RecipeError(f"{recipe_path}: field 'eval.data': {value} has no prompt with an 'answer'")
+        if label != "prompts" and not any(p.answer is not None for p in prompts):
+            raise RecipeError(f"{recipe_path}: field '{label}': {value} has no prompt with an 'answer'")
     for label, name in (("model", recipe.model),
                         ("judge.judge_model", None if recipe.judge.judge_model == "policy" or recipe.judge.judge_base_url
                          or recipe.judge.scorer in ("self-consistency", "execution") else recipe.judge.judge_model)):

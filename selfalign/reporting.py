@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selfalign.evaluation.heldout import paired_bootstrap
-from selfalign.health import flip_table
+from selfalign.health import flip_table, greedy_correct
 
 COLUMNS = [("greedy_accuracy", "greedy acc"), ("sampled_accuracy", "sampled acc"), ("majority", "maj@k"),
            ("generation_verification_gap", "gen-ver gap"), ("records", "pairs kept"), ("prompts_dropped", "prompts dropped"),
@@ -46,15 +46,48 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def gain_vs_base(run_dir: Path) -> dict | None:
+def evaluated(run_dir: Path, eval_set: str | None = None) -> dict[int, list[int]]:
+    """Each evaluated iteration's per-item greedy results (iteration 0: the base), on eval.data or an extra set."""
+    iterations = sorted(int(p.name.split("_")[1]) for p in run_dir.glob("iter_[0-9]*") if p.is_dir())
+    return {t: found for t in iterations if (found := greedy_correct(run_dir, t, eval_set)) is not None}
+
+
+def gain_vs_base(run_dir: Path, eval_set: str | None = None) -> dict | None:
     """Greedy-accuracy gain of the last evaluated iteration over the base, with a paired bootstrap 95% interval."""
-    evals = sorted(run_dir.glob("iter_*/eval.json"))
-    if len(evals) < 2 or evals[0].parent.name != "iter_00":
+    found = evaluated(run_dir, eval_set)
+    if 0 not in found or len(found) < 2:
         return None
-    base, last = (json.loads(p.read_text()) for p in (evals[0], evals[-1]))
-    result = paired_bootstrap(base["greedy_correct"], last["greedy_correct"])
-    result["iteration"] = int(evals[-1].parent.name.split("_")[1])
-    return result
+    last = max(found)
+    return {**paired_bootstrap(found[0], found[last]), "iteration": last}
+
+
+def set_table(run_dir: Path, sets: list[str]) -> list[str]:
+    """report.md's table of every held-out set (eval.data first) by iteration: greedy accuracy with its Wilson 95%
+    interval, and the last iteration's paired gain over the base."""
+    from selfalign.verifier_check import wilson_interval
+
+    columns = {"eval.data": evaluated(run_dir), **{name: evaluated(run_dir, name) for name in sets}}
+    iterations = sorted({t for found in columns.values() for t in found})
+    if len(columns) < 2 or not iterations:
+        return []
+    lines = ["| set | " + " | ".join(f"iter {t}" for t in iterations) + " | last vs base [95% CI] |",
+             "|---" * (len(iterations) + 2) + "|"]
+    for name, found in columns.items():
+        cells = []
+        for t in iterations:
+            if t not in found:
+                cells.append("-")
+                continue
+            low, high = wilson_interval(sum(found[t]), len(found[t]))
+            cells.append(f"{sum(found[t]) / len(found[t]):.1%} [{low:.1%}, {high:.1%}]")
+        gain = gain_vs_base(run_dir, None if name == "eval.data" else name)
+        lines.append(f"| {name} (n = {len(next(iter(found.values()), []))}) | " + " | ".join(cells) + " | "
+                     + (_gain_text(gain) if gain else "-") + " |")
+    return lines
+
+
+def _gain_text(gain: dict) -> str:
+    return f"{gain['gain'] * 100:+.1f} [{gain['ci95_low'] * 100:+.1f}, {gain['ci95_high'] * 100:+.1f}]"
 
 
 def write_report(run_dir: Path, manifest: dict, console: Console | None = None, show: bool = True) -> Path:
@@ -78,6 +111,11 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
         md += ["", f"Greedy accuracy gain of iteration {gain['iteration']} over the base: {gain['gain'] * 100:+.1f} "
                f"points (paired bootstrap 95% interval {gain['ci95_low'] * 100:+.1f} to {gain['ci95_high'] * 100:+.1f}, "
                f"n = {gain['n']})."]
+    sets = list(manifest.get("recipe", {}).get("eval_sets") or {})
+    set_lines = set_table(run_dir, sets)
+    if set_lines:
+        md += ["", "## Held-out sets", "", "Greedy accuracy on each held-out set (Wilson 95% intervals); the last "
+               "column pairs the last iteration with the base item by item (paired bootstrap).", "", *set_lines]
     health = flip_table(manifest)
     if health:
         md += ["", "## Iteration health", "", "Each trained iteration against the one before it, item by item on the "
@@ -96,6 +134,13 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
                f"{verifier['pick_accuracy']:.1%}, rejected answer right {_percent(verifier.get('rejected_right'))}; "
                f"the policy's greedy accuracy on the kept prompts {_percent(verifier.get('greedy_accuracy_kept'))}, "
                f"sampled {_percent(verifier.get('sampled_accuracy_kept'))}. Details: `iter_00/verifier.json`."]
+    rechecks = verifier_rows(manifest)
+    if len(rechecks) > 1:
+        md += ["", "## Verifier check per policy", "", "The same check on each policy the loop sampled from (policy "
+               "t + 1 is the one iteration t trained): is what the next iteration trains on still right more often "
+               "than the policy's own answers?", "",
+               "| policy | coverage | chosen answer right [95% CI] | policy greedy on the kept prompts | verdict |",
+               "|---|---|---|---|---|", *rechecks]
     md += ["", "## Why prompts and pairs were dropped", ""]
     for row in rows:
         if row["drops"]:
@@ -113,9 +158,25 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
         console.print(("verifier check: " if verifier["verdict"] == "stronger" else "WARNING: ") +
                       verifier["explanation"], markup=False)
     if gain:
-        console.print(f"greedy gain vs base: {gain['gain'] * 100:+.1f} points "
-                      f"[{gain['ci95_low'] * 100:+.1f}, {gain['ci95_high'] * 100:+.1f}]")
+        console.print(f"greedy gain vs base: {_gain_text(gain)} points")
+    for name in sets:
+        found = gain_vs_base(run_dir, name)
+        if found:
+            console.print(f"greedy gain vs base on {name}: {_gain_text(found)} points")
     return path
+
+
+def verifier_rows(manifest: dict) -> list[str]:
+    """One table row per verifier check: iteration 0's (policy 1, the base) and each iteration's recheck."""
+    rows = []
+    for key in sorted(manifest.get("iterations", {}), key=int):
+        stages = manifest["iterations"][key].get("stages", {})
+        found = stages.get("verify" if key == "0" else "recheck")
+        if found:
+            rows.append(f"| {int(key) + 1} | {found['coverage']:.0%} | {_percent(found.get('precision'))} "
+                        f"[{_interval(found.get('precision_ci95')).replace(' to ', ', ')}] | "
+                        f"{_percent(found.get('greedy_accuracy_kept'))} | {found['verdict']} |")
+    return rows
 
 
 def _verifier(manifest: dict) -> dict | None:

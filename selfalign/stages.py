@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from selfalign.curriculum import draw
 from selfalign.executor import StageError, Step
 from selfalign.io import read_jsonl, write_json, write_jsonl
 from selfalign.losses import LOSSES
@@ -31,14 +32,12 @@ def judge_of(run_dir: Path, recipe, iteration: int) -> str:
 
 
 def generate_job(recipe, it_dir: Path, iteration: int):
-    """Iteration t's sampling job: its slice of the prompts (answers stripped) written to iter_NN/prompts.jsonl."""
+    """Iteration t's sampling job: its prompts (selfalign.curriculum; answers stripped) in iter_NN/prompts.jsonl."""
     from selfalign.policy_jobs import GenerateJob
     from selfalign.training.data import record_kind
 
     prompts = read_jsonl(recipe.prompts, PromptRecord)
-    size = recipe.prompts_per_iteration or len(prompts)
-    start = ((iteration - 1) * size) % len(prompts)
-    chosen = (prompts + prompts)[start:start + min(size, len(prompts))]
+    chosen = draw(prompts, recipe.prompts_per_iteration or len(prompts), iteration, it_dir.parent, recipe.curriculum)
     # Answers never reach the loop's training data: strip them from the prompts it samples.
     write_jsonl(it_dir / "prompts.jsonl", [p.model_copy(update={"answer": None}) for p in chosen])
     config = recipe.generation
@@ -68,10 +67,21 @@ def checks_verifier(recipe) -> bool:
     return bool(recipe.verifier_check and recipe.eval is not None and recipe.pairs.mode in ("pairs", "scpo"))
 
 
-def heldout_job(recipe, it_dir: Path):
+def rechecks_verifier(recipe) -> bool:
+    return checks_verifier(recipe) and recipe.verifier_check_every_iteration
+
+
+def heldout_jobs(recipe, it_dir: Path) -> list:
+    """The evaluation's jobs: eval.data into eval.json, then each of `eval_sets` greedily (same settings, all its
+    prompts) into eval_<name>.json. The extra sets come last: the main evaluation's samples do not depend on them."""
     from selfalign.policy_jobs import HeldoutJob
 
-    return HeldoutJob(config=recipe.eval, seed=recipe.seed, out=str(it_dir / "eval.json"))
+    jobs = [HeldoutJob(config=recipe.eval, seed=recipe.seed, out=str(it_dir / "eval.json"))]
+    for name, path in recipe.eval_sets.items():
+        greedy_only = recipe.eval.model_copy(update={"data": path, "limit": None, "k": 0, "sampled_limit": None,
+                                                     "select": None, "self_revision_rounds": 0})
+        jobs.append(HeldoutJob(config=greedy_only, seed=recipe.seed, out=str(it_dir / f"eval_{name}.json")))
+    return jobs
 
 
 def generate(step: Step) -> dict:
@@ -171,32 +181,38 @@ def _intervals(run_dir: Path, evaluation: dict) -> dict:
 def evaluate(step: Step) -> dict:
     """Held-out accuracy of the policy this iteration trained (iteration 0: the base policy)."""
     recipe = step.recipe
-    step.engines.run(policy_of(step.run_dir, recipe, step.iteration + 1), [heldout_job(recipe, step.it_dir)],
+    step.engines.run(policy_of(step.run_dir, recipe, step.iteration + 1), heldout_jobs(recipe, step.it_dir),
                      recipe.seed, recipe.generation, step.it_dir, "evaluate", step.display)
     result = json.loads((step.it_dir / "eval.json").read_text())
-    return {k: v for k, v in result.items() if not isinstance(v, list)}
+    numbers = {k: v for k, v in result.items() if not isinstance(v, list)}
+    for name in recipe.eval_sets:
+        found = json.loads((step.it_dir / f"eval_{name}.json").read_text())
+        numbers[f"{name}_greedy_accuracy"] = found["greedy_accuracy"]
+    return numbers
 
 
 def verifier_sample(step: Step) -> dict:
-    """The verifier check's samples: the first `verifier_check` held-out prompts, from the base policy, sampled as
-    the recipe samples its training prompts."""
+    """The verifier check's samples: the first `verifier_check` held-out prompts, sampled as the recipe samples its
+    training prompts, from the policy the next iteration samples (iteration 0: the base policy; iteration t, with
+    `verifier_check_every_iteration`: the policy it trained)."""
     recipe = step.recipe
     job = verifier_job(recipe, step.it_dir)
-    [marker] = step.engines.run(recipe.model, [job], recipe.seed, recipe.generation, step.it_dir, "verifier-sample",
-                                step.display)
+    [marker] = step.engines.run(policy_of(step.run_dir, recipe, step.iteration + 1), [job], recipe.seed,
+                                recipe.generation, step.it_dir, "verifier-sample", step.display)
     return {"prompts": marker["prompts"], "samples": marker["samples"], "engine_seconds": marker["seconds"]}
 
 
 def verify(step: Step) -> dict:
     """The verifier check: the recipe's judge and filters on held-out prompts, compared with their answers and with
-    the base policy's greedy answers (selfalign.verifier_check). Says at once when the verifier is not stronger."""
+    the policy's greedy answers from the same iteration's evaluation (selfalign.verifier_check). Says at once when
+    the verifier is not stronger."""
     from selfalign.records import ScoredSample, prompt_id_of
     from selfalign.verifier_check import diagnose
 
     recipe, it_dir = step.recipe, step.it_dir
-    # The judge that iteration 1 will use (with judge training, the starting judge: the one not trained yet).
-    config = recipe.judge.model_copy(update={"judge_model": judge_of(step.run_dir, recipe,
-                                                                     0 if recipe.judge_training else 1)})
+    # The judge that the next iteration will use (with judge training, the one it starts from: not trained yet).
+    config = recipe.judge.model_copy(update={"judge_model": judge_of(
+        step.run_dir, recipe, step.iteration if recipe.judge_training else step.iteration + 1)})
     scored_path = it_dir / "verifier_scored.jsonl"
     run_stage(["judge"], config, it_dir, display=step.display, samples=it_dir / "verifier_samples.jsonl",
               out=scored_path)
@@ -207,6 +223,7 @@ def verify(step: Step) -> dict:
     result = diagnose(read_jsonl(scored_path, ScoredSample), answers, recipe.pairs, greedy)
     write_json(it_dir / "verifier.json", result)
     if step.display is not None:
-        step.display.message(("verifier check: " if result["verdict"] == "stronger" else "WARNING: ") +
-                             result["explanation"])
+        where = "" if step.iteration == 0 else f" (policy {step.iteration + 1})"
+        step.display.message((f"verifier check{where}: " if result["verdict"] == "stronger" else f"WARNING{where}: ")
+                             + result["explanation"])
     return {k: v for k, v in result.items() if k != "filter_report"}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from selfalign.evaluation.heldout import _correct as _right  # the held-out evaluation's own answer check
+from selfalign.evaluation.heldout import answer_is_right  # the held-out evaluation's own answer check
 from selfalign.pairs import PairOptions, build_preferences
 from selfalign.records import ScoredSample, group_by_prompt
 
@@ -50,9 +50,9 @@ def diagnose(scored: list[ScoredSample], answers: dict[str, str], options: PairO
     first = {}
     for record in records:
         first.setdefault(record.prompt_id, record)
-    chosen_right = {pid: _right(_completion_text(r, "chosen"), answers[pid]) for pid, r in first.items()}
-    rejected_right = sum(_right(_completion_text(r, "rejected"), answers[r.prompt_id]) for r in records)
-    sampled = {pid: sum(_right(s.text, answers[pid]) for s in g) / len(g) for pid, g in groups.items()}
+    chosen_right = {pid: answer_is_right(_completion_text(r, "chosen"), answers[pid]) for pid, r in first.items()}
+    rejected_right = sum(answer_is_right(_completion_text(r, "rejected"), answers[r.prompt_id]) for r in records)
+    sampled = {pid: sum(answer_is_right(s.text, answers[pid]) for s in g) / len(g) for pid, g in groups.items()}
     n, kept, right = len(groups), len(first), sum(chosen_right.values())
     result = {
         "prompts": n, "prompts_kept": kept, "records": len(records),
@@ -62,7 +62,7 @@ def diagnose(scored: list[ScoredSample], answers: dict[str, str], options: PairO
         "rejected_right": rejected_right / len(records) if records else None,
         "sampled_accuracy_all": sum(sampled.values()) / n,
         "sampled_accuracy_kept": sum(sampled[p] for p in first) / kept if kept else None,
-        "pass_at_k_all": sum(any(_right(s.text, answers[p]) for s in g) for p, g in groups.items()) / n,
+        "pass_at_k_all": sum(any(answer_is_right(s.text, answers[p]) for s in g) for p, g in groups.items()) / n,
         "filter_report": report,
     }
     if greedy_correct is not None:

@@ -114,6 +114,13 @@ def test_the_plan_has_only_the_stages_the_recipe_asks_for(tmp_path):
     assert [s.stage.name for s in plan(no_check, tmp_path, manifest, last=1)[0]] == ["evaluate"]
     assert [[s.stage.name for s in it] for it in plan(no_check, tmp_path, manifest, 2, until="judge")][1:] == \
         [ONE, ONE[:2]]
+    # The verifier check again after each iteration's evaluation, on the policy it trained; `--until verify` is
+    # still the check before any training
+    every, _ = load_recipe(_recipe(tmp_path, verifier_check_every_iteration=True))
+    assert [[s.stage.name for s in it] for it in plan(every, tmp_path, manifest, 2)][1:] == \
+        [ONE + ["recheck_sample", "recheck"]] * 2
+    assert [[s.stage.name for s in it] for it in plan(every, tmp_path, manifest, 2, until="verify")] == \
+        [[name for _, name in BASE]]
     # Every stage says what configures it, what it leaves and how its own work continues after a kill.
     for stage in BASE_STAGES + ITERATION_STAGES:
         assert stage.config and stage.outputs and stage.resumes, stage.name

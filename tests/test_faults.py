@@ -452,6 +452,11 @@ def test_judge_partial_from_other_settings_is_refused(tmp_path):
         json.dumps({"fingerprint": fingerprint(other, read_jsonl(samples, Sample))}) + "\n")
     _one_line_error(_invoke("judge", "--samples", samples, "--out", out), "holds scores of other samples or judge "
                     "settings")
+    # a partial file that records its settings (as this version writes it): the refusal says which one changed
+    out.with_name(out.name + ".partial").write_text(
+        json.dumps({"fingerprint": fingerprint(other, read_jsonl(samples, Sample)), "settings": other}) + "\n")
+    _one_line_error(_invoke("judge", "--samples", samples, "--out", out),
+                    "holds scores of other judge settings (scorer: 'reward-model' there, 'self-consistency' now)")
 
 
 class _RatingEndpoint(_LocalEndpoint):

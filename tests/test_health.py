@@ -80,3 +80,27 @@ def test_best_iteration_and_the_flip_table(tmp_path):
     table = flip_table(manifest)
     assert table[0].startswith("| iter | greedy gain vs previous") and len(table) == 4
     assert table[3].startswith("| 2 | -25.0") and "| 0 | 1 |" in table[3]
+
+
+def test_extra_held_out_sets_in_the_health_and_the_report(tmp_path):
+    from selfalign.reporting import gain_vs_base, set_table
+
+    for t, main, extra in ((0, [0, 0, 1, 0], [0, 0, 0, 0, 1]), (1, [1, 0, 1, 0], [1, 1, 0, 0, 1]),
+                           (2, [1, 1, 1, 0], [1, 0, 0, 0, 1])):
+        _write(tmp_path, t, main)
+        (tmp_path / f"iter_{t:02d}" / "eval_rephrased.json").write_text(json.dumps({"greedy_correct": extra}))
+    health = iteration_health(tmp_path, 2, ("rephrased", "missing"))
+    rephrased = health["sets"]["rephrased"]
+    assert set(health["sets"]) == {"rephrased"}  # a set with no file is left out, not an error
+    assert rephrased["accuracy"] == pytest.approx(2 / 5)
+    assert rephrased["vs_previous"]["right_to_wrong"] == 1 and rephrased["vs_previous"]["gain"] == pytest.approx(-0.2)
+    assert rephrased["vs_base"]["wrong_to_right"] == 1 and rephrased["vs_base"]["gain"] == pytest.approx(0.2)
+    assert "rephrased 40.0%: -20.0 [" in describe(health) and "+20.0 [" in describe(health)
+    assert gain_vs_base(tmp_path, "rephrased")["gain"] == pytest.approx(0.2)
+    assert gain_vs_base(tmp_path)["gain"] == pytest.approx(0.5) and gain_vs_base(tmp_path)["iteration"] == 2
+    table = set_table(tmp_path, ["rephrased"])
+    assert table[0] == "| set | iter 0 | iter 1 | iter 2 | last vs base [95% CI] |"
+    # 1 of 4 right: Wilson 95% interval [4.6%, 69.9%]
+    assert table[2].startswith("| eval.data (n = 4) | 25.0% [4.6%, 69.9%] | 50.0% [")
+    assert table[3].startswith("| rephrased (n = 5) | 20.0% [") and table[3].endswith("|")
+    assert set_table(tmp_path, []) == []  # one set: the main table says it all

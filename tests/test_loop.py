@@ -1,5 +1,6 @@
 """`selfalign run` end to end on a tiny configuration, a SIGKILL during training and the resume, and bad recipes."""
 
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from selfalign.arithmetic import make_splits
+from selfalign.arithmetic import make_rephrased, make_splits
 from selfalign.cli import app
 from selfalign.loop import ITERATION_STAGES
 
@@ -41,17 +42,23 @@ def _recipe(tmp_path, **changes) -> Path:
 
 @pytest.mark.slow
 def test_two_iterations_with_a_kill_during_training(tmp_path):
-    recipe, run_dir = _recipe(tmp_path), tmp_path / "run"
+    (tmp_path / "rephrased.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_rephrased(3)))
+    recipe = _recipe(tmp_path, curriculum="agreement", eval_sets={"rephrased": str(tmp_path / "rephrased.jsonl")},
+                     verifier_check_every_iteration=True)
+    run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "selfalign.cli", "run", str(recipe), "--out", str(run_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoints = run_dir / "iter_01" / "checkpoint"
     deadline = time.time() + 600
-    while not (checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))):
-        assert proc.poll() is None, "the run ended before training checkpointed"
-        assert time.time() < deadline
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the run and its training subprocess, mid-training
+    try:
+        while not (checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))):
+            assert proc.poll() is None, "the run ended before training checkpointed"
+            assert time.time() < deadline, "no training checkpoint in 600 s"
+            time.sleep(0.2)
+    finally:  # on success the kill under test; on a failure it leaves no run behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and its training subprocess, mid-training
     proc.wait()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     before = manifest["iterations"]["1"]["stages"]
@@ -83,9 +90,32 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     assert sum(flips[k] for k in ("right_to_wrong", "wrong_to_right", "both_right", "both_wrong")) == 4
     assert "vs_base" in health and 0 <= health["samples"]["finished_share"] <= 1
     assert "## Iteration health" in (run_dir / "report.md").read_text()
+    # The extra held-out set: evaluated greedily beside eval.data for every policy, compared in the health and report
+    for iteration in ("00", "01", "02"):
+        extra = json.loads((run_dir / f"iter_{iteration}" / "eval_rephrased.json").read_text())
+        assert extra["num_prompts"] == 3 and len(extra["greedy_correct"]) == 3 and "sampled_accuracy" not in extra
+    rephrased = health["sets"]["rephrased"]
+    assert sum(rephrased["vs_previous"][k] for k in ("right_to_wrong", "wrong_to_right", "both_right",
+                                                      "both_wrong")) == 3 and "vs_base" in rephrased
+    assert "rephrased_greedy_accuracy" in manifest["iterations"]["2"]["stages"]["evaluate"]
+    assert "| rephrased (n = 3) |" in (run_dir / "report.md").read_text()
+    assert any(line.startswith("greedy gain vs base on rephrased: ") for line in printed)
+    # The curriculum: iteration 2 retried iteration 1's prompts that had no checked answer (at most a quarter)
+    from selfalign.curriculum import prompt_status
+
+    waiting = [pid for pid, status in prompt_status(run_dir / "iter_01" / "scored.jsonl").items()
+               if status == "waiting"]
+    second = [json.loads(line)["id"] for line in (run_dir / "iter_02" / "prompts.jsonl").read_text().splitlines()]
+    assert second[:min(2, len(waiting))] == waiting[:2] and len(second) == 8 == len(set(second))
     for iteration in ("1", "2"):
         assert set(manifest["iterations"][iteration]["stages"]) == {"generate", "judge", "filter", "train", "export",
-                                                                   "evaluate"}
+                                                                   "evaluate", "recheck_sample", "recheck"}
+        # the verifier measured again on the policy this iteration trained, against its own greedy answers
+        request = yaml.safe_load((run_dir / f"iter_0{iteration}" / "config" / "verifier-sample.yaml").read_text())
+        assert request["model"] == str(run_dir / f"iter_0{iteration}" / "merged")
+        recheck = json.loads((run_dir / f"iter_0{iteration}" / "verifier.json").read_text())
+        assert recheck["prompts"] == 4 and recheck["verdict"] in ("stronger", "not stronger", "unclear", "no signal")
+    assert "## Verifier check per policy" in (run_dir / "report.md").read_text()
     assert "evaluate" in manifest["iterations"]["0"]["stages"] and manifest.get("finished")
     for name in ("samples.jsonl", "scored.jsonl", "pairs.jsonl", "eval.json", "merged/config.json",
                  "merged/model.safetensors", "checkpoint/adapter_model.safetensors"):
@@ -100,7 +130,8 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
                       ("iter_02/config/generate.yaml", "iter_02/samples.jsonl")):
         request = yaml.safe_load((run_dir / name).read_text())
         assert request["model"] == str(run_dir / "iter_01" / "merged")
-        assert [job["out"] for job in request["jobs"]] == [str(run_dir / out)]
+        extra = [str(run_dir / "iter_01" / "eval_rephrased.json")] if out.endswith("eval.json") else []
+        assert [job["out"] for job in request["jobs"]] == [str(run_dir / out), *extra]
     assert manifest["engine_starts"] == 2, "one kept engine per `selfalign run` process (the kill ended the first)"
     assert "run by the run's engine server" in (run_dir / "iter_02" / "logs" / "generate.log").read_text()
     for iteration in ("1", "2"):
@@ -111,6 +142,7 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     recipe.write_text(recipe.read_text().replace("seed: 0", "seed: 1"))
     refused = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run_dir)])
     assert refused.exit_code == 2 and "changed since" in refused.output
+    assert "seed: 0 there, 1 now" in " ".join(refused.output.split())  # what changed, not only that it did
 
 
 @pytest.mark.slow
@@ -202,6 +234,10 @@ def test_self_taught_judge_alternates_with_policy_training(tmp_path):
     ({"generation": {"data_parallel_size": 0}}, "field 'generation.data_parallel_size'"),
     ({"train_launcher": "srun {accelerate} {train}"}, "field 'train_launcher': starts `accelerate launch` on each "
                                                       "node; set accelerate_config too"),
+    ({"eval_sets": {"Re phrased": "x.jsonl"}}, "field 'eval_sets': 'Re phrased': a set's name is lower-case"),
+    ({"eval_sets": {"rephrased": "/nonexistent/set.jsonl"}}, "field 'eval_sets.rephrased': file not found"),
+    ({"curriculum": "hardest"}, "field 'curriculum'"),
+    ("set-without-answers", "field 'eval_sets.unlabeled': .*has no prompt with an 'answer'"),
     ("empty-prompts", "field 'prompts': .*holds no prompts"),
     ("duplicate-ids", "field 'prompts': prompt id 'a' appears more than once"),
     ("bad-prompt-line", "field 'prompts': .*line 2: not valid JSON"),
@@ -211,9 +247,11 @@ def test_bad_recipes_fail_before_any_work(tmp_path, change, expected):
 
     if isinstance(change, str):  # a bad prompts file rather than a bad field
         lines = {"empty-prompts": "", "duplicate-ids": '{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n',
-                 "bad-prompt-line": '{"prompt": "x"}\n{"prompt": \n'}[change]
+                 "bad-prompt-line": '{"prompt": "x"}\n{"prompt": \n',
+                 "set-without-answers": '{"prompt": "x"}\n'}[change]
         (tmp_path / "bad_prompts.jsonl").write_text(lines)
-        change = {"prompts": str(tmp_path / "bad_prompts.jsonl")}
+        change = {"eval_sets": {"unlabeled": str(tmp_path / "bad_prompts.jsonl")}} if change == "set-without-answers" \
+            else {"prompts": str(tmp_path / "bad_prompts.jsonl")}
     recipe = _recipe(tmp_path, **change)
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run_dir)])

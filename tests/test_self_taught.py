@@ -107,7 +107,7 @@ def test_judge_train_reuses_its_folder_only_for_the_same_prompts_and_settings(tm
     (tmp_path / "iter_01").mkdir()
     check_fingerprint(tmp_path, first, "default", cfg)  # the same run: its files are kept for the rerun
     assert (tmp_path / "contrast.jsonl").exists()
-    with pytest.raises(JudgeTrainError, match="other prompts_sha256"):
+    with pytest.raises(JudgeTrainError, match=r"other settings \(prompts_sha256: "):
         check_fingerprint(tmp_path, other, "default", cfg)
     with pytest.raises(JudgeTrainError, match="settings.verdicts"):
         check_fingerprint(tmp_path, first, "default", cfg.model_copy(update={"verdicts": 2}))

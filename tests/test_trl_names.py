@@ -26,7 +26,8 @@ def test_every_scalar_train_config_field_is_a_flag_with_its_default_shown():
     for name in ("loss_type", "use_peft", "lora_r", "max_length", "bf16", "gradient_checkpointing", "beta",
                  "learning_rate", "max_prompt_length", "warmup_ratio", "dtype", "seed"):
         assert name in options, name
-        assert f"[default: {TrainConfig.model_fields[name].get_default()}]" in options[name].help, name
+        default = TrainConfig.model_fields[name].get_default()
+        assert f"[default: {'none' if default is None else default}]" in options[name].help, name
     assert "--loss-type" in options["loss_type"].opts and "--loss" in options["loss_type"].opts
     assert {"--use-peft", "--lora"} <= set(options["use_peft"].opts) and "--full" in options["use_peft"].secondary_opts
     assert set(TrainConfig.model_fields) <= set(options), set(TrainConfig.model_fields) - set(options)

@@ -79,22 +79,23 @@ def write_results(out_dir: Path, benchmark: str, model: str, judge: str | None, 
     if judge:
         lines += [f"Judge: `{judge}`" + (" (**local judge: not comparable with the leaderboards**)" if local_judge
                                          else ""), ""]
-    lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in _flat(numbers).items()]
+    lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {format_number(v)} |"
+                                                 for k, v in flat_numbers(numbers).items()]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     return results
 
 
-def _flat(numbers: dict, prefix: str = "") -> dict:
+def flat_numbers(numbers: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in numbers.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
+            out.update(flat_numbers(v, f"{prefix}{k}/"))
         else:
             out[f"{prefix}{k}"] = v
     return out
 
 
-def _fmt(v) -> str:
+def format_number(v) -> str:
     if v is None:
         return "-"
     return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from selfalign.errors import ConfigError
-from selfalign.evaluation.common import _flat, _fmt
+from selfalign.evaluation.common import flat_numbers, format_number
 from selfalign.io import write_json, write_jsonl
 
 # eval.json's per-item lists (0/1, or a fraction of right samples), each beside the accuracy it averages
@@ -81,7 +81,7 @@ def read_eval(path: Path) -> tuple[str, dict, dict]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: not an evaluation file (expected a JSON object)")
     if "numbers" in data:  # a benchmark's results.json
-        return str(data.get("model")), _flat(data["numbers"]), _benchmark_items(path.parent, data)
+        return str(data.get("model")), flat_numbers(data["numbers"]), _benchmark_items(path.parent, data)
     if "greedy_accuracy" in data:  # eval.json
         numbers = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         items = {k: data[k] for k in ITEM_LISTS if isinstance(data.get(k), list)}
@@ -109,14 +109,14 @@ def compare(a: Path, b: Path) -> list[tuple[str, ...]]:
     for key in dict.fromkeys([*numbers_a, *numbers_b]):
         va, vb = numbers_a.get(key), numbers_b.get(key)
         diff = f"{vb - va:+.4f}" if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else ""
-        rows.append((key, _fmt(va), _fmt(vb), diff))
+        rows.append((key, format_number(va), format_number(vb), diff))
     for key in items_a.keys() & items_b.keys():
         left, right = items_a[key], items_b[key]
         if len(left) != len(right) or not left:
             rows.append((f"{key} (paired)", f"{len(left)} items", f"{len(right)} items", "not the same items"))
             continue
         gain = paired_bootstrap([float(v) for v in left], [float(v) for v in right])
-        rows.append((f"{key} (paired, n={gain['n']})", _fmt(sum(map(float, left)) / len(left)),
-                     _fmt(sum(map(float, right)) / len(right)),
+        rows.append((f"{key} (paired, n={gain['n']})", format_number(sum(map(float, left)) / len(left)),
+                     format_number(sum(map(float, right)) / len(right)),
                      f"{gain['gain']:+.4f} [{gain['ci95_low']:+.4f}, {gain['ci95_high']:+.4f}]"))
     return rows

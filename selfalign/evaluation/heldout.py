@@ -29,7 +29,7 @@ class HeldoutConfig(SamplingFields):
     select: SelectConfig | None = None  # also the accuracy of one sample chosen from the k (MBR or self-verify)
 
 
-def _correct(text: str, gold: str) -> bool:
+def answer_is_right(text: str, gold: str) -> bool:
     answer = extract_answer(text)
     return answer is not None and answer == (normalize_number(gold) or gold)
 
@@ -42,7 +42,7 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
         raise ValueError(f"{cfg.data}: no held-out prompts with an 'answer' field")
     greedy = engine.generate(prompts, SamplingSettings(temperature=0.0, max_new_tokens=cfg.max_new_tokens,
                                                        stop_at_answer=cfg.stop_at_answer), progress=True)
-    greedy_correct = [_correct(s.text, p.answer) for s, p in zip(greedy, prompts)]
+    greedy_correct = [answer_is_right(s.text, p.answer) for s, p in zip(greedy, prompts)]
     result = {"num_prompts": len(prompts), "greedy_accuracy": sum(greedy_correct) / len(prompts),
               "greedy_correct": [int(c) for c in greedy_correct],
               "greedy_no_answer": sum(extract_answer(s.text) is None for s in greedy) / len(prompts),
@@ -60,7 +60,7 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
         sample_acc, majority, any_right = [], [], []
         for pid, p in zip(ids, sampled_prompts):
             texts = [s.text for s in by_prompt[pid]]
-            right = [_correct(t, p.answer) for t in texts]
+            right = [answer_is_right(t, p.answer) for t in texts]
             sample_acc.append(sum(right) / len(right))
             top = majority_answer([extract_answer(t) for t in texts])
             majority.append(top is not None and top == (normalize_number(p.answer) or p.answer))
@@ -71,7 +71,7 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
 
             select, stats = make_selector(cfg.select, policy or getattr(engine, "model_name", None) or engine.model)
             chosen = {s.prompt_id: s for s in select(sampled)}
-            picked = [_correct(chosen[pid].text, p.answer) for pid, p in zip(ids, sampled_prompts)]
+            picked = [answer_is_right(chosen[pid].text, p.answer) for pid, p in zip(ids, sampled_prompts)]
             result.update({f"selected_{cfg.select.method}_accuracy": sum(picked) / n,
                            "selected_correct": [int(c) for c in picked], "select_stats": dict(stats)})
         greedy_same_prompts = sum(greedy_correct[:n]) / n  # the gap compares like with like
@@ -84,7 +84,8 @@ def evaluate_heldout(engine, prompts: list[PromptRecord], cfg: HeldoutConfig, se
 
         histories = self_revise(engine, prompts, SamplingSettings(temperature=0.0, max_new_tokens=cfg.max_new_tokens),
                                 cfg.self_revision_rounds)
-        result["revised_accuracy"] = sum(_correct(h[-1], p.answer) for h, p in zip(histories, prompts)) / len(prompts)
+        result["revised_accuracy"] = sum(answer_is_right(h[-1], p.answer)
+                                         for h, p in zip(histories, prompts)) / len(prompts)
     return result
 
 

@@ -56,15 +56,16 @@ class SelfTaughtConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     heldout: int = Field(16, ge=1, description="contrasting pairs kept out of training, for the judge's accuracy")
     verdicts: int = Field(4, ge=2, description="sampled verdicts per pair and position")
-    temperature: float = Field(0.8, gt=0)
-    answer_max_new_tokens: int = Field(192, ge=1)
-    verdict_max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.8, gt=0, description="sampling temperature of the answers and the verdicts")
+    answer_max_new_tokens: int = Field(192, ge=1, description="the most tokens of each answer to a prompt")
+    verdict_max_new_tokens: int = Field(256, ge=1, description="the most tokens of each verdict")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(
         loss_type="dpo", learning_rate=5e-5, report_to=[], max_length=1024, max_prompt_length=768),
         description="the judge's training (DPO of kept vs rejected verdicts, LoRA); `model` is set per iteration")
     reasoning: bool = Field(True, description="reasoned verdicts ending in [[A]]/[[B]], as in the paper; False: the "
                             "judge answers with the letter only (a small model rarely keeps the verdict format)")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the judge's engine, and (plus the round) its verdicts and the pairs "
+                      "built from them")
 
 
 def _question(record: PromptRecord) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import DataFileError, fingerprint, prepare_output, write_json, write_jsonl
+from selfalign.io import DataFileError, describe_changes, fingerprint, prepare_output, write_json, write_jsonl
 from selfalign.progress import progress_bar
 from selfalign.records import Sample, ScoredSample, group_by_prompt
 
@@ -35,7 +35,7 @@ def check_samples(samples: list[Sample], path: Path) -> None:
         seen[key] = number
 
 
-def _read_partial(path: Path, expected: str, force: bool) -> dict[str, list[ScoredSample]]:
+def _read_partial(path: Path, expected: str, settings: dict, force: bool) -> dict[str, list[ScoredSample]]:
     done: dict[str, list[ScoredSample]] = defaultdict(list)
     if not path.exists():
         return done
@@ -43,8 +43,11 @@ def _read_partial(path: Path, expected: str, force: bool) -> dict[str, list[Scor
     header = _json_or_none(lines[0]) if lines else None
     if not isinstance(header, dict) or header.get("fingerprint") != expected:
         if not force:
-            raise JudgeStageError(f"{path} holds scores of other samples or judge settings (a killed earlier run); "
-                                  "they would be mixed into these. Pass --force to discard them, or use another --out")
+            changes = describe_changes(header["settings"], settings) if isinstance(header, dict) and \
+                isinstance(header.get("settings"), dict) else ""
+            what = f"other judge settings ({changes})" if changes else "other samples or judge settings"
+            raise JudgeStageError(f"{path} holds scores of {what}, from a killed earlier run; they would be mixed "
+                                  "into these. Pass --force to discard them, or use another --out")
         path.unlink()
         return done
     for line in lines[1:]:
@@ -71,10 +74,11 @@ def score_file(samples: list[Sample], score_group: Callable[[list[Sample]], list
     partial = out.with_name(out.name + ".partial")
     groups = group_by_prompt(samples)
     expected = fingerprint(settings or {}, samples)
-    done = _read_partial(partial, expected, force)
+    done = _read_partial(partial, expected, settings or {}, force)
     todo = [pid for pid in groups if pid not in done]
-    if not partial.exists():
-        partial.write_text(json.dumps({"fingerprint": expected}) + "\n", encoding="utf-8")
+    if not partial.exists():  # the settings beside the fingerprint: a refused resume can say what changed
+        partial.write_text(json.dumps({"fingerprint": expected, "settings": settings or {}}) + "\n",
+                           encoding="utf-8")
     with open(partial, "a", encoding="utf-8") as f, progress_bar(total=len(groups), initial=len(groups) - len(todo),
                                                                  desc="judge", unit="prompts",
                                                                  disable=not progress) as bar:

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from selfalign.errors import SelfAlignError
-from selfalign.io import fingerprint, write_json
+from selfalign.io import describe_changes, fingerprint, write_json
 from selfalign.training.config import TrainConfig
 from selfalign.training.value_head import split_value_head
 
@@ -30,12 +30,12 @@ def checkpoints(out_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _latest_checkpoint(out_dir: Path) -> Path | None:
+def latest_checkpoint(out_dir: Path) -> Path | None:
     done = checkpoints(out_dir)
     return done[-1] if done else None
 
 
-def _save_checkpoint(accelerator, out_dir: Path, step: int, epoch: int, batch_in_epoch: int, limit: int) -> None:
+def save_checkpoint(accelerator, out_dir: Path, step: int, epoch: int, batch_in_epoch: int, limit: int) -> None:
     """accelerate's full state (model, optimizer, scheduler, RNG) in a temporary folder, renamed when complete."""
     final = out_dir / f"checkpoint-{step}"
     tmp = out_dir / f".checkpoint-{step}.tmp"
@@ -52,7 +52,7 @@ def _save_checkpoint(accelerator, out_dir: Path, step: int, epoch: int, batch_in
     accelerator.wait_for_everyone()
 
 
-def _weights_checksum(model) -> str:
+def weights_checksum(model) -> str:
     """A hash of every parameter, gathered first where ZeRO-3 holds only a shard on each rank."""
     params = [p for p in model.parameters()]
     gather = nullcontext()
@@ -117,9 +117,8 @@ def check_output_folder(out_dir: Path, fingerprint: dict, force: bool) -> list[P
         elif saved["data_sha256"] != fingerprint["data_sha256"]:
             what = f"a run on other data ({saved['records']} records, not these {fingerprint['records']})"
         else:
-            changed = sorted(k for k in fingerprint["config"] if saved["config"].get(k) != fingerprint["config"][k])
-            what = "a run with other settings (" + ", ".join(
-                f"{k}: {saved['config'].get(k)!r} there, {fingerprint['config'][k]!r} now" for k in changed[:3]) + ")"
+            what = ("a run with other settings (" + (describe_changes(saved["config"], fingerprint["config"])
+                                                     or "its fingerprint differs") + ")")
         raise TrainingError(f"{out_dir} holds {what}; it would resume from there. Use a new --out, or --force to "
                             "discard it and start over")
     return left
@@ -144,7 +143,7 @@ def portable_name(model: str) -> str:
     return str(Path(model).expanduser().resolve())
 
 
-def _save_final(accelerator, model, tokenizer, cfg: TrainConfig, out_dir: Path, card_data: dict) -> dict:
+def save_final(accelerator, model, tokenizer, cfg: TrainConfig, out_dir: Path, card_data: dict) -> dict:
     """Save the adapter (LoRA) or the full model at OUT's root, where `PeftModel.from_pretrained(base, OUT)` and
     `from_pretrained(OUT)` look; consolidates ZeRO-3 shards. Files are written into a temporary folder and moved in
     one by one, the marker listing them last: a kill leaves no marker, and a rerun writes them again."""

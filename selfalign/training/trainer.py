@@ -28,8 +28,8 @@ from selfalign.training.build_locks import warn_stale_build_locks
 from selfalign.training.config import TrainConfig
 from selfalign.training.data import collate, read_preferences, record_kind, tokenize_records
 from selfalign.training.forward import batch_logps
-from selfalign.training.outputs import (TrainingError, _latest_checkpoint, _save_checkpoint, _save_final,
-                                        _weights_checksum, check_output_folder, checkpoints, run_fingerprint)
+from selfalign.training.outputs import (TrainingError, latest_checkpoint, save_checkpoint, save_final,
+                                        weights_checksum, check_output_folder, checkpoints, run_fingerprint)
 from selfalign.training.value_head import add_value_head, values_for
 from selfalign.training.objective import preference_loss
 
@@ -367,7 +367,7 @@ def _checked_sampler_reference(run: TrainingRun, candidates: list[dict], recorde
 
 def _resume(run: TrainingRun) -> None:
     """Restore the full state of the last checkpoint and skip the micro-batches already done."""
-    checkpoint = _latest_checkpoint(run.out_dir)
+    checkpoint = latest_checkpoint(run.out_dir)
     if checkpoint is None:
         return
     run.accelerator.load_state(str(checkpoint))
@@ -401,7 +401,7 @@ def _train_steps(run: TrainingRun) -> tuple[list[dict], float]:
             history.append(metrics)
             _log_step(run, metrics)
             if run.step % cfg.save_steps == 0 and run.step < run.total_steps:
-                _save_checkpoint(accelerator, run.out_dir, run.step, run.epoch, batch_in_epoch + 1,
+                save_checkpoint(accelerator, run.out_dir, run.step, run.epoch, batch_in_epoch + 1,
                                  cfg.save_total_limit)
             if run.step >= run.total_steps:
                 break
@@ -448,13 +448,13 @@ def _finish(run: TrainingRun, history: list[dict], seconds: float, records: list
     last = history[-1] if history else {}
     card_data = {"data": {"pairs": f"{pairs_path} ({len(records)} records, split {split})", "steps": run.step},
                  "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
-    summary = _save_final(accelerator, run.model, run.tokenizer, run.cfg, out_dir, card_data)
+    summary = save_final(accelerator, run.model, run.tokenizer, run.cfg, out_dir, card_data)
     summary.update(steps=run.step, seconds=seconds, world_size=run.world, records=len(records),
                    dropped_identical_pairs=identical, tokens=sum(m["tokens"] for m in history),
                    peak_memory_gb=peak_memory_gb(), final_metrics=last, reference=run.reference_counts,
                    precision=training_precision_of(run.cfg).as_dict())
     if run.cfg.record_rank_checksums:
-        checksum = _weights_checksum(accelerator.unwrap_model(run.model))
+        checksum = weights_checksum(accelerator.unwrap_model(run.model))
         write_json(out_dir / f"rank-{run.rank}-checksum.json", {"rank": run.rank, "world_size": run.world,
                                                                 "sha256": checksum})
     if accelerator.is_main_process:
