@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from selfalign import yaml_io
+from selfalign.health import points
 from machine import cpu_flags  # benchmarks/machine.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,12 +66,6 @@ def summarize(run_dir: Path, sets: list[str]) -> dict:
     row["seconds"] = sum(stage.get("seconds", 0) for it in manifest["iterations"].values()
                          for stage in it["stages"].values() if isinstance(stage, dict))
     return row
-
-
-def _points(result: dict | None) -> str:
-    if result is None:
-        return "-"
-    return f"{result['gain'] * 100:+.1f} [{result['ci95_low'] * 100:+.1f}, {result['ci95_high'] * 100:+.1f}]"
 
 
 def spread(values: list[float]) -> str:
@@ -131,7 +126,7 @@ def main():
         for name, found in row["by_iteration"].items():
             for t, step in found["steps"].items():
                 print(f"| {seed} | {name} | {found['base']:.1%} | {t} | {step['accuracy']:.1%} | "
-                      f"{_points(step['vs_base'])} | {_points(step['vs_previous'])} |")
+                      f"{points(step['vs_base'])} | {points(step['vs_previous']) if step['vs_previous'] else '-'} |")
     if len(rows) > 1:  # the spread across seeds: each seed varies the engine, sampling and training seeds together
         print("\nAcross seeds (recipe seed S: engine seed S, sampling seed S + t, training seed S + t):")
         names = next(iter(rows.values()))["by_iteration"]

@@ -14,6 +14,7 @@ import typer
 from pydantic import BaseModel
 
 _SCALARS = (bool, int, float, str)
+_UNIONS = (typing.Union, types.UnionType)
 
 
 def field_default(config: type[BaseModel], name: str):
@@ -28,7 +29,6 @@ def with_default(help_text: str, default) -> str:
     from typer.rich_utils import DEFAULT_STRING
 
     return f"{help_text}  {DEFAULT_STRING.format('none' if default is None else default)}".strip()
-_UNIONS = (typing.Union, types.UnionType)
 
 
 def _flag_type(annotation):

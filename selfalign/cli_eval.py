@@ -38,7 +38,7 @@ def _selection(model: str, select: Optional[str], utility: Optional[str], n: Opt
         if utility is not None or n is not None:
             fail("--utility and --n choose how --select picks an answer: give --select too")
         return None
-    from selfalign.selection import SelectConfig, make_selector
+    from selfalign.selection import make_selector
 
     config = load_config(SelectConfig, None, {"method": select, "utility": utility, "n": n})
     return config, make_selector(config, model)[0]

@@ -117,7 +117,7 @@ def iteration_health(run_dir: Path, iteration: int, eval_sets: tuple[str, ...] =
     return health
 
 
-def _points(comparison: dict, unit: str = "") -> str:
+def points(comparison: dict, unit: str = "") -> str:
     """A paired gain with its interval, in points: `+3.1 [+0.4, +5.9]` (`unit` follows the gain)."""
     return (f"{comparison['gain'] * 100:+.1f}{unit} [{comparison['ci95_low'] * 100:+.1f}, "
             f"{comparison['ci95_high'] * 100:+.1f}]")
@@ -126,15 +126,15 @@ def _points(comparison: dict, unit: str = "") -> str:
 def describe(health: dict) -> str:
     """One line for the terminal and the report."""
     previous = health["vs_previous"]
-    parts = [f"iteration {health['iteration']} vs {health['iteration'] - 1}: {_points(previous, ' points')} "
+    parts = [f"iteration {health['iteration']} vs {health['iteration'] - 1}: {points(previous, ' points')} "
              f"({health['verdict']}), "
              f"{previous['wrong_to_right']} wrong->right, {previous['right_to_wrong']} right->wrong, McNemar p "
              f"{previous['mcnemar_p']:.3g}"]
     if "vs_base" in health:
-        parts.append(f"vs base {_points(health['vs_base'])}")
+        parts.append(f"vs base {points(health['vs_base'])}")
     for name, found in health.get("sets", {}).items():
-        parts.append(f"{name} {found['accuracy']:.1%}: {_points(found['vs_previous'])} vs previous"
-                     + (f", {_points(found['vs_base'])} vs base" if "vs_base" in found else ""))
+        parts.append(f"{name} {found['accuracy']:.1%}: {points(found['vs_previous'])} vs previous"
+                     + (f", {points(found['vs_base'])} vs base" if "vs_base" in found else ""))
     if "samples" in health:
         s = health["samples"]
         parts.append(f"samples: {s['distinct_answers_per_prompt']:.2f} distinct answers per prompt, "
@@ -158,9 +158,9 @@ def flip_table(manifest: dict) -> list[str]:
             continue
         p, samples = health["vs_previous"], health.get("samples") or {}
         base = health.get("vs_base")
-        rows.append(f"| {key} | {_points(p)} | "
+        rows.append(f"| {key} | {points(p)} | "
                     f"{health['verdict']} | {p['wrong_to_right']} | {p['right_to_wrong']} | {p['mcnemar_p']:.3g} | "
-                    + (_points(base) if base else "(this is the base comparison)") + " | "
+                    + (points(base) if base else "(this is the base comparison)") + " | "
                     + (f"{samples['distinct_answers_per_prompt']:.2f} | {samples['finished_share']:.0%}"
                        if samples else "- | -") + " |")
     if not rows:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selfalign.evaluation.heldout import paired_bootstrap
-from selfalign.health import flip_table, greedy_correct
+from selfalign.health import flip_table, greedy_correct, points
 
 COLUMNS = [("greedy_accuracy", "greedy acc"), ("sampled_accuracy", "sampled acc"), ("majority", "maj@k"),
            ("generation_verification_gap", "gen-ver gap"), ("records", "pairs kept"), ("prompts_dropped", "prompts dropped"),
@@ -54,7 +54,10 @@ def evaluated(run_dir: Path, eval_set: str | None = None) -> dict[int, list[int]
 
 def gain_vs_base(run_dir: Path, eval_set: str | None = None) -> dict | None:
     """Greedy-accuracy gain of the last evaluated iteration over the base, with a paired bootstrap 95% interval."""
-    found = evaluated(run_dir, eval_set)
+    return _last_vs_base(evaluated(run_dir, eval_set))
+
+
+def _last_vs_base(found: dict[int, list[int]]) -> dict | None:
     if 0 not in found or len(found) < 2:
         return None
     last = max(found)
@@ -80,14 +83,10 @@ def set_table(run_dir: Path, sets: list[str]) -> list[str]:
                 continue
             low, high = wilson_interval(sum(found[t]), len(found[t]))
             cells.append(f"{sum(found[t]) / len(found[t]):.1%} [{low:.1%}, {high:.1%}]")
-        gain = gain_vs_base(run_dir, None if name == "eval.data" else name)
+        gain = _last_vs_base(found)
         lines.append(f"| {name} (n = {len(next(iter(found.values()), []))}) | " + " | ".join(cells) + " | "
-                     + (_gain_text(gain) if gain else "-") + " |")
+                     + (points(gain) if gain else "-") + " |")
     return lines
-
-
-def _gain_text(gain: dict) -> str:
-    return f"{gain['gain'] * 100:+.1f} [{gain['ci95_low'] * 100:+.1f}, {gain['ci95_high'] * 100:+.1f}]"
 
 
 def write_report(run_dir: Path, manifest: dict, console: Console | None = None, show: bool = True) -> Path:
@@ -158,11 +157,11 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
         console.print(("verifier check: " if verifier["verdict"] == "stronger" else "WARNING: ") +
                       verifier["explanation"], markup=False)
     if gain:
-        console.print(f"greedy gain vs base: {_gain_text(gain)} points")
+        console.print(f"greedy gain vs base: {points(gain)} points")
     for name in sets:
         found = gain_vs_base(run_dir, name)
         if found:
-            console.print(f"greedy gain vs base on {name}: {_gain_text(found)} points")
+            console.print(f"greedy gain vs base on {name}: {points(found)} points")
     return path
 
 
@@ -173,8 +172,10 @@ def verifier_rows(manifest: dict) -> list[str]:
         stages = manifest["iterations"][key].get("stages", {})
         found = stages.get("verify" if key == "0" else "recheck")
         if found:
+            low, high = found.get("precision_ci95") or (None, None)
+            bounds = "-" if low is None else f"{low:.0%}, {high:.0%}"
             rows.append(f"| {int(key) + 1} | {found['coverage']:.0%} | {_percent(found.get('precision'))} "
-                        f"[{_interval(found.get('precision_ci95')).replace(' to ', ', ')}] | "
+                        f"[{bounds}] | "
                         f"{_percent(found.get('greedy_accuracy_kept'))} | {found['verdict']} |")
     return rows
 
