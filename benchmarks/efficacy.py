@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from selfalign import yaml_io
-from selfalign.health import points
+from selfalign.run.health import points
 from machine import cpu_flags  # benchmarks/machine.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def summarize(run_dir: Path, sets: list[str]) -> dict:
     """One seed's numbers: base and final greedy, sampled and majority accuracy with the final's gain over the base,
     and each iteration's greedy gain over the base and over the previous iteration on eval.data and each extra set."""
     from selfalign.evaluation.heldout import paired_bootstrap
-    from selfalign.reporting import evaluated
+    from selfalign.run.reporting import evaluated
 
     evals = sorted(run_dir.glob("iter_*/eval.json"))
     base, final = (json.loads(p.read_text()) for p in (evals[0], evals[-1]))
@@ -62,9 +62,9 @@ def summarize(run_dir: Path, sets: list[str]) -> dict:
                         "vs_base": paired_bootstrap(found[0], found[t]),
                         "vs_previous": paired_bootstrap(found[t - 1], found[t]) if t - 1 in found else None}
         row["by_iteration"][name] = {"base": sum(found[0]) / len(found[0]) if 0 in found else None, "steps": steps}
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    row["seconds"] = sum(stage.get("seconds", 0) for it in manifest["iterations"].values()
-                         for stage in it["stages"].values() if isinstance(stage, dict))
+    from selfalign.run.results import Manifest
+
+    row["seconds"] = sum(Manifest(run_dir / "manifest.json").seconds().values())
     return row
 
 

@@ -76,19 +76,19 @@ def run_loop(python: str, cwd: Path, recipe: Path, out: Path) -> float:
 
 
 def summary(run_dir: Path, wall: float) -> dict:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    stages, greedy, sampled = {}, {}, {}
-    engine_starts = 0
-    for iteration, it in sorted(manifest["iterations"].items(), key=lambda kv: int(kv[0])):
-        for stage, info in it["stages"].items():
-            stages[f"{iteration}:{stage}"] = info.get("seconds", 0.0)
-            if stage == "evaluate":
-                greedy[iteration] = info.get("greedy_accuracy")
-                sampled[iteration] = info.get("sampled_accuracy")
-            # The baseline started one engine in every generate and evaluate stage.
-            engine_starts += stage in ("generate", "evaluate")
+    from selfalign.run.results import Manifest
+
+    manifest = Manifest(run_dir / "manifest.json")
+    stages = {f"{t}:{stage}": seconds for (t, stage), seconds in manifest.seconds().items()}
+    greedy, sampled = {}, {}
+    for t in manifest.iterations():
+        evaluation = manifest.result(t, "evaluate")
+        if evaluation is not None:
+            greedy[str(t)], sampled[str(t)] = evaluation.greedy_accuracy, evaluation.sampled_accuracy
+    # The baseline started one engine in every generate and evaluate stage.
+    engine_starts = sum(stage in ("generate", "evaluate") for _, stage in manifest.seconds())
     return {"wall_s": wall, "stages": stages, "greedy": greedy, "sampled": sampled,
-            "engine_starts": manifest.get("engine_starts", engine_starts)}
+            "engine_starts": manifest.data.get("engine_starts", engine_starts)}
 
 
 def small_recipe(recipe: Path, workdir: Path) -> Path:

@@ -39,13 +39,13 @@ def sample_pairs(n, model):
     """Pairs as the loop builds them: two samples of the policy per prompt, with the token ids and log-probs the
     sampler recorded (so our trainer takes its reference from them; TRL computes its own)."""
     from selfalign.generation import SamplingSettings, get_engine
-    from selfalign.pairs import _make_pair
+    from selfalign.pairs import make_pair
     from selfalign.records import PromptRecord, ScoredSample, group_by_prompt
 
     prompts = [PromptRecord(id=p.prompt_id, messages=p.prompt) for p in make_pairs(n)]
     samples = get_engine("hf", model).generate(prompts, SamplingSettings(n=2, temperature=0.7, max_new_tokens=96,
                                                                          logprobs=True, seed=0))
-    return [_make_pair(group[0], group[1], 1.0, 1.0, 0.0)
+    return [make_pair(group[0], group[1], 1.0, 1.0, 0.0)
             for group in group_by_prompt(ScoredSample(**s.model_dump()) for s in samples).values()]
 
 

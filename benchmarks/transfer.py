@@ -22,7 +22,7 @@ from machine import cpu_flags  # noqa: E402
 
 
 def evaluate(run_dir: Path, data: Path, limit: int) -> dict:
-    from selfalign.evaluation.heldout import _correct, paired_bootstrap
+    from selfalign.evaluation.heldout import answer_is_right, paired_bootstrap
     from selfalign.generation import SamplingSettings, get_engine
     from selfalign.io import read_jsonl
     from selfalign.records import PromptRecord
@@ -42,7 +42,7 @@ def evaluate(run_dir: Path, data: Path, limit: int) -> dict:
             if name == "final":
                 engine.load_policy(model)
             texts = engine.generate(prompts, greedy, progress=True)
-            correct[name] = [int(_correct(s.text, p.answer)) for s, p in zip(texts, prompts)]
+            correct[name] = [int(answer_is_right(s.text, p.answer)) for s, p in zip(texts, prompts)]
     finally:
         engine.close()
     result = {"data": str(data), "n": len(prompts), "final_policy": str(final),

@@ -96,14 +96,14 @@ def info() -> None:
 
 @app.command()
 @with_config_flags(GenerationConfig, names={"record_logprobs": ("--logprobs/--no-logprobs",)},
-                   skip=tuple(EngineOptions.model_fields), into="sampling", panel="Sampling")
+                   skip=tuple(EngineOptions.model_fields), into="sampling", panel="Sampling",
+                   config_file="YAML/JSON with generation fields (a recipe's `generation:`)")
 @with_engine_flags()
 def generate(
     prompts: Path = typer.Option(..., help="JSONL, one {'prompt': str} or {'messages': [...]} per line"),
     out: Path = typer.Option(..., help="where the samples JSONL is written (atomically)"),
     model: str = typer.Option("default", help="hub id, local folder, .gguf file, or 'default'"),
-    config: Optional[Path] = typer.Option(None, help=with_default("YAML/JSON with generation fields (a recipe's "
-                                                                  "`generation:`)", None)),
+    config: Optional[Path] = None,
     limit: Optional[int] = typer.Option(None, help=with_default("only the first N prompts", "all")),
     show: int = typer.Option(0, help="print a table of the first N samples"),
     select: Optional[str] = typer.Option(None, help=with_default("mbr | self-verify: write one chosen sample per "
@@ -169,12 +169,11 @@ def generate(
 
 
 @app.command()
-@with_config_flags(JudgeConfig, panel="Judge (a recipe's judge: fields)")
+@with_config_flags(JudgeConfig, section="judge")
 def judge(
     samples: Path = typer.Option(..., help="samples JSONL from `selfalign generate`"),
     out: Path = typer.Option(..., help="scored samples JSONL (atomic; resumes from OUT.partial)"),
-    config: Optional[Path] = typer.Option(None, help=with_default("YAML/JSON with judge fields (a recipe's `judge:`)",
-                                                                  None)),
+    config: Optional[Path] = None,
     force: bool = typer.Option(False, help="discard OUT.partial left by a run on other samples or settings"),
     options: dict = None,
 ) -> None:
@@ -198,12 +197,11 @@ def judge(
 
 
 @app.command("build-pairs")
-@with_config_flags(PairOptions, panel="Pairs (a recipe's pairs: fields)")
+@with_config_flags(PairOptions, section="pairs")
 def build_pairs(
     scored: Path = typer.Option(..., help="scored samples JSONL from `selfalign judge`"),
     out: Path = typer.Option(..., help="pairs (ranked lists, single completions) JSONL, written atomically"),
-    config: Optional[Path] = typer.Option(None, help=with_default("YAML/JSON with pair fields (a recipe's `pairs:`)",
-                                                                  None)),
+    config: Optional[Path] = None,
     options: dict = None,
 ) -> None:
     """Build preference pairs, ranked lists or single labeled completions from scored samples, with a report of what
@@ -227,7 +225,8 @@ def build_pairs(
 
 
 @app.command()
-@with_config_flags(TrainConfig, names=TRAIN_FLAG_NAMES)
+@with_config_flags(TrainConfig, names=TRAIN_FLAG_NAMES, config_file="YAML with TrainConfig fields (TRL's names), or "
+                   "an alignment-handbook recipe (model_name_or_path, ...)")
 def train(
     pairs: str = typer.Option(..., help="preference data: JSONL, JSON array or Parquet file, a save_to_disk folder, "
                               "a dataset folder or hub dataset id; TRL's standard or conversational form, explicit "
@@ -236,9 +235,7 @@ def train(
     out: Path = typer.Option(..., help="output folder: the final adapter or model at its root (with README.md), "
                              "checkpoint-N/, metrics.jsonl, logs/"),
     split: str = typer.Option("train", help="dataset split, for a hub dataset or dataset folder"),
-    config: Optional[Path] = typer.Option(None, help=with_default("YAML with TrainConfig fields (TRL's names), or an "
-                                                                  "alignment-handbook recipe (model_name_or_path, "
-                                                                  "...)", None)),
+    config: Optional[Path] = None,
     set_: list[str] = typer.Option([], "--set", help=with_default("any TrainConfig field, key=value (lists too; "
                                                                   "repeatable)", None)),
     force: bool = typer.Option(False, help="OUT holds another run (other data or settings): discard it and start over"),
@@ -257,15 +254,15 @@ def train(
 
 
 @app.command("judge-train")
-@with_config_flags(SelfTaughtConfig, skip=("train",), panel="Self-taught judge (a recipe's judge_training: fields)")
+@with_config_flags(SelfTaughtConfig, skip=("train",), panel="Self-taught judge (a recipe's judge_training: fields)",
+                   config_file="YAML/JSON with self-taught fields (these flags', and train: {TrainConfig fields})")
 def judge_train(
     prompts: Path = typer.Option(..., help="instructions JSONL ({'prompt'} or {'messages'} per line), no labels"),
     out: Path = typer.Option(..., help="folder: contrast.jsonl, iter_NN/{verdicts,judge_pairs}.jsonl, merged/, "
                              "accuracy.json, summary.json"),
     judge_model: str = typer.Option("default", help="the starting judge: hub id, folder, or 'default'"),
     iterations: int = typer.Option(1, min=1, help="rounds of verdicts -> training -> a new judge"),
-    config: Optional[Path] = typer.Option(None, help=with_default(
-        "YAML/JSON with self-taught fields (these flags', and train: {TrainConfig fields})", None)),
+    config: Optional[Path] = None,
     engine: str = typer.Option("auto", help=" | ".join(ENGINES)),
     set_: list[str] = typer.Option([], "--set", help=with_default("a field of the judge's training (TrainConfig), "
                                                                   "key=value", None)),
@@ -326,21 +323,20 @@ def run(
                                   "the verifier's and iteration 1's samples) instead of taking them from the cache"),
 ) -> None:
     """Run the self-alignment loop: generate -> judge -> filter -> train -> export -> evaluate, N times. Resumable."""
-    from selfalign.loop import run as run_loop
-    from selfalign.reporting import write_report
+    from selfalign.run.loop import run as run_loop
+    from selfalign.run.reporting import write_report
+    from selfalign.run.results import Manifest
 
     printed = []
 
     def report(run_dir, manifest):
-        write_report(run_dir, manifest.data, Console(width=150))
+        write_report(run_dir, manifest, Console(width=150))
         printed.append(True)
 
     run_dir = run_loop(recipe, out, force=force, iterations=iterations, until=until, on_iteration=report,
                        cache=not no_cache)
-    import json as _json
-
-    path = write_report(run_dir, _json.loads((run_dir / "manifest.json").read_text()),
-                        None if printed else Console(width=150), show=not printed)
+    path = write_report(run_dir, Manifest(run_dir / "manifest.json"), None if printed else Console(width=150),
+                        show=not printed)
     console.print(f"run folder: {run_dir}; report: {path}")
 
 
@@ -352,15 +348,15 @@ def check_verifier(
 ) -> None:
     """Before training: does the recipe's judge choose right answers more often than the policy? Samples
     `verifier_check` held-out prompts as the recipe would, scores and filters them, and compares with the answers."""
-    from selfalign.loop import run as run_loop
+    from selfalign.run.loop import run as run_loop
+    from selfalign.run.results import Manifest
 
     run_dir = run_loop(recipe, out, until="verify")
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    verdict = manifest["iterations"]["0"]["stages"].get("verify")
+    verdict = Manifest(run_dir / "manifest.json").result(0, "verify")
     if verdict is None:
         raise ConfigError(f"{recipe}: no verifier check to run (it needs `eval:` with answers, `verifier_check` > 0 "
                           "and pairs.mode pairs or scpo)")
-    console.print(f"{verdict['verdict']}: {verdict['explanation']}\ndetails: {run_dir / 'iter_00' / 'verifier.json'}",
+    console.print(f"{verdict.verdict}: {verdict.explanation}\ndetails: {run_dir / 'iter_00' / 'verifier.json'}",
                   markup=False)
 
 

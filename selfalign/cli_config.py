@@ -8,6 +8,7 @@ import functools
 import inspect
 import types
 import typing
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -84,12 +85,21 @@ def config_parameters(config: type[BaseModel], names: dict[str, tuple[str, ...]]
 
 def with_config_flags(config: type[BaseModel], names: dict[str, tuple[str, ...]] | None = None,
                       skip: tuple[str, ...] = (), into: str = "options", panel: str | None = None,
-                      converters: dict | None = None):
+                      converters: dict | None = None, config_file: str | None = None, section: str | None = None):
     """Decorate a command `f(..., options: dict)`: it gets a flag for every field of `config`, and receives the
-    given ones (None where not given) as `options` (or the parameter named by `into`)."""
+    given ones (None where not given) as `options` (or the parameter named by `into`). `config_file`: the help of
+    the command's `--config FILE` option (its parameter `config`), which holds the same fields. `section`: the
+    recipe section the model is (`judge`), which names the flags' panel and the `--config` help unless given."""
+    if section is not None:
+        panel = panel or f"{section.capitalize()} (a recipe's {section}: fields)"
+        config_file = config_file or f"YAML/JSON with {section} fields (a recipe's `{section}:`)"
 
     def decorate(command):
         own = inspect.signature(command, eval_str=True)
+        if config_file is not None:
+            option = typer.Option(None, help=with_default(config_file, None))
+            own = own.replace(parameters=[p.replace(annotation=Optional[Path], default=option) if p.name == "config"
+                                          else p for p in own.parameters.values()])
         flags = config_parameters(config, names, skip, panel, converters)
         taken = {p.name for p in flags}
 

@@ -156,12 +156,11 @@ eval_alpaca = _judged_benchmark("alpaca-eval", "alpaca_eval", "alpaca_eval folde
 
 
 @eval_app.command("heldout")
-@with_config_flags(HeldoutConfig, skip=("select",), panel="Held-out evaluation (a recipe's eval: fields)")
+@with_config_flags(HeldoutConfig, skip=("select",), section="eval")
 @with_engine_flags()
 def eval_heldout(model: str = typer.Option("default", help="the policy to evaluate"),
                  out: Path = typer.Option(..., help="eval.json, written atomically"),
-                 config: Optional[Path] = typer.Option(None, help=with_default(
-                     "YAML/JSON with held-out fields (a recipe's `eval:`)", None)),
+                 config: Optional[Path] = None,
                  select: Optional[str] = typer.Option(None, help=with_default(
                      "mbr | self-verify: also the accuracy of one of the k samples chosen this way", None)),
                  utility: Optional[str] = typer.Option(None, help=UTILITY_HELP),

@@ -13,3 +13,8 @@ class SelfAlignError(Exception):
 
 class ConfigError(SelfAlignError, ValueError):
     """A bad option or configuration file."""
+
+
+class StageError(SelfAlignError, RuntimeError):
+    """A stage of `selfalign run` failed, or its record cannot be read; the message holds its command and the tail
+    of its log, or the file and field."""

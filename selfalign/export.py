@@ -33,8 +33,10 @@ def find_weights(source: Path, iteration: int | None = None) -> Path:
     """The folder holding the adapter or model weights for `source`."""
     source = Path(source)
     if (source / "manifest.json").exists():  # a run folder of `selfalign run`
-        manifest = json.loads((source / "manifest.json").read_text())
-        done = sorted(int(k) for k, it in manifest.get("iterations", {}).items() if it.get("stages", {}).get("train"))
+        from selfalign.run.results import Manifest
+
+        manifest = Manifest(source / "manifest.json")
+        done = [t for t in manifest.iterations() if manifest.result(t, "train") is not None]
         if not done:
             raise ExportError(f"{source}: no iteration has finished training yet")
         chosen = iteration if iteration is not None else done[-1]

@@ -45,7 +45,8 @@ def _length_ratio(chosen: str, rejected: str) -> float:
     return max(len(chosen), 1) / max(len(rejected), 1)
 
 
-def _make_pair(chosen: ScoredSample, rejected: ScoredSample, weight: float, chosen_score, rejected_score):
+def make_pair(chosen: ScoredSample, rejected: ScoredSample, weight: float, chosen_score, rejected_score):
+    """One preference record in TRL's conversational form, with the sampler's log-probs where both sides have them."""
     return PreferencePair(prompt=chosen.messages, chosen=_assistant(chosen.text), rejected=_assistant(rejected.text),
                           prompt_id=chosen.prompt_id, weight=weight, chosen_score=chosen_score,
                           rejected_score=rejected_score, **_sampler_reference(chosen, rejected))
@@ -83,7 +84,7 @@ def _score_pairs(group: list[ScoredSample], options: PairOptions, report: Counte
         if reason:
             report[f"pairs_dropped_{reason}"] += 1
             continue
-        kept.append(_make_pair(chosen, rejected, 1.0, chosen.score, rejected.score))
+        kept.append(make_pair(chosen, rejected, 1.0, chosen.score, rejected.score))
         if len(kept) == options.max_pairs_per_prompt:
             break
     return kept
@@ -116,7 +117,7 @@ def _scpo_pairs(group: list[ScoredSample], options: PairOptions, report: Counter
             if reason:
                 report[f"pairs_dropped_{reason}"] += 1
                 continue
-            kept.append(_make_pair(chosen, rejected, (top_votes - low_votes) / k, top_votes / k, low_votes / k))
+            kept.append(make_pair(chosen, rejected, (top_votes - low_votes) / k, top_votes / k, low_votes / k))
             report["vote_margin_sum"] += top_votes - low_votes
             if len(kept) == options.max_pairs_per_prompt:
                 return kept

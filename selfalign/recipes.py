@@ -40,7 +40,7 @@ class Recipe(BaseModel):
                                                      "fresh, the next slice of the file; agreement, also up to a "
                                                      "quarter retried from earlier prompts that had no checked answer, "
                                                      "never again those all of whose samples agreed "
-                                                     "(selfalign.curriculum)")
+                                                     "(selfalign.run.curriculum)")
     accelerate_config: str | None = Field(None, description="accelerate config file for the train stage (GPUs)")
     train_launcher: str | None = Field(None, description="many machines: a shell command that starts the train "
                                        "stage on every node, with {accelerate} (accelerate launch --config_file "

@@ -2,7 +2,7 @@
 
 import json
 
-from selfalign.curriculum import RETRY_SHARE, draw, prompt_status
+from selfalign.run.curriculum import RETRY_SHARE, draw, prompt_status
 from selfalign.io import read_jsonl, write_jsonl
 from selfalign.records import PromptRecord
 

@@ -1,5 +1,6 @@
 """The loop as data: `selfalign run` with stub stages (no model, no engine) through the real executor, manifest,
-run lock and display. Runs, skips, resumes after a failure, redoes a stage whose outputs are gone, stops at --until."""
+run lock and display. Runs, skips, resumes after a failure, redoes a stage whose outputs are gone or whose recipe
+settings changed, stops at --until; every stage's result model round-trips through the manifest."""
 
 import dataclasses
 import io
@@ -7,9 +8,29 @@ import json
 
 import pytest
 
-from selfalign.loop import BASE_STAGES, ITERATION_STAGES, plan, run
-from selfalign.progress import RunDisplay
+from selfalign.run.display import RunDisplay
+from selfalign.run.loop import BASE_STAGES, ITERATION_STAGES, plan, run
+from selfalign.run.results import RESULTS, Manifest
 from test_loop import _recipe
+
+# One filled-in result of each stage kind (as the real stages return them; extras where the model allows them).
+EXAMPLES = {
+    "evaluate": {"model": "m", "engine": "hf", "num_prompts": 100, "greedy_accuracy": 0.25, "majority_at_4": 0.3,
+                 "greedy_accuracy_stderr": 0.04, "rephrased_greedy_accuracy": 0.2},
+    "verifier_sample": {"prompts": 8, "samples": 64, "engine_seconds": 3.5},
+    "verify": {"prompts": 8, "prompts_kept": 5, "records": 5, "coverage": 0.625, "precision": 0.8,
+               "precision_ci95": [0.38, 0.96], "pick_accuracy": 0.5, "greedy_accuracy_kept": 0.2,
+               "verdict": "stronger", "explanation": "the verifier is stronger than the policy"},
+    "judge_train": {"judge": "j", "records": 12, "accuracy_before": 0.5, "accuracy": 0.75,
+                    "accuracy_ci95": [0.5, 0.9], "position_consistency": 0.8, "heldout_pairs": 16},
+    "judge": {"scorer": "execution", "mode": None, "samples": 64, "scored": 20, "abstained": 44, "mean_score": 0.4,
+              "verdict_verified": 20},
+    "filter": {"mode": "scpo", "records": 6, "prompts_dropped": 2, "mean_vote_margin": 1.5, "dropped_no_answers": 2},
+    "train": {"steps": 4, "final_metrics": {"loss": 0.5, "rewards/margins": 0.25}, "reference": {"computed": 6}},
+    "export": {"max_logit_diff": 1e-4},
+}
+EXAMPLES.update(generate=EXAMPLES["verifier_sample"], recheck_sample=EXAMPLES["verifier_sample"],
+                recheck=EXAMPLES["verify"])
 
 
 class Stubs:
@@ -29,9 +50,13 @@ class Stubs:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(f"{step.iteration} {stage.name}\n")
             self.calls.append((step.iteration, stage.name))
-            return {"samples": len(self.calls)}
+            return stage.result.model_validate({**EXAMPLES[stage.name], **self.result_of(step)})
 
         return dataclasses.replace(stage, work=work)
+
+    def result_of(self, step) -> dict:
+        """What this call's result changes from the example: generate's prompts count its call."""
+        return {"prompts": len(self.calls)} if step.stage.name == "generate" else {}
 
     def table(self):
         return tuple(self.stage(s) for s in BASE_STAGES), tuple(self.stage(s) for s in ITERATION_STAGES)
@@ -57,10 +82,20 @@ def test_every_declared_stage_runs_in_order_and_a_rerun_skips_them_all(tmp_path,
     stubs, out = Stubs(), tmp_path / "run"
     printed = _run(recipe, out, stubs)
     assert stubs.calls == EVERY
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["finished"] and manifest["iterations"]["2"]["stages"]["train"]["status"] == "done"
-    assert manifest["iterations"]["1"]["stages"]["filter"]["samples"] == EVERY.index((1, "filter")) + 1  # its result
+    manifest = Manifest(out / "manifest.json")
+    assert manifest.data["finished"] and manifest.result(2, "train").status == "done"
+    assert manifest.result(1, "generate").prompts == EVERY.index((1, "generate")) + 1  # its own result
+    # Every stage kind's result comes back from the manifest as the model it was returned as, equal to it.
+    for t, name in EVERY:
+        found = manifest.result(t, name)
+        assert type(found) is RESULTS[name]
+        expected = RESULTS[name].model_validate({**EXAMPLES[name], "seconds": found.seconds,
+                                                 **({"prompts": found.prompts} if name == "generate" else {})})
+        assert found == expected, name
+    assert manifest.result(0, "evaluate").majority == 0.3 and manifest.result(1, "filter").drops == \
+        {"dropped_no_answers": 2}
     assert "iter 2/2 · evaluate · done in" in printed[-1]
+    assert printed[-1].endswith("(100 num_prompts, greedy accuracy 25.0%)")
 
     again = Stubs()
     printed = _run(recipe, out, again)
@@ -78,8 +113,33 @@ def test_a_failed_stage_is_where_the_rerun_resumes(tmp_path, recipe):
     assert list(stages) == ["generate", "judge", "filter"]
 
     stubs.calls = []
-    _run(recipe, out, stubs)
+    printed = _run(recipe, out, stubs)
     assert stubs.calls == [(2, "train"), (2, "export"), (2, "evaluate")]
+    # The stage's declared way of continuing its own work is said where the run resumes.
+    assert "resuming at train: from its last checkpoint-N (fingerprinted: same data and config)" in printed
+
+
+def test_a_stage_whose_recipe_settings_changed_runs_again_with_every_stage_after_it(tmp_path, recipe):
+    """With --force and an edited recipe, the first stage that reads a changed setting is where the run resumes;
+    stages before it keep their results."""
+    from selfalign import yaml_io
+
+    stubs, out = Stubs(), tmp_path / "run"
+    _run(recipe, out, stubs)
+    data = yaml_io.load(recipe)
+    data["train"]["learning_rate"] = 5e-5  # read by the train stage only
+    yaml_io.write(recipe, data)
+    stubs.calls = []
+    with pytest.raises(Exception, match="changed since"):
+        _run(recipe, out, stubs)
+    _run(recipe, out, stubs, force=True)
+    assert stubs.calls == EVERY[EVERY.index((1, "train")):]
+
+    stubs.calls = []
+    data["stop_on_regression"] = True  # the loop reads it, no stage: nothing runs again
+    yaml_io.write(recipe, data)
+    _run(recipe, out, stubs, force=True)
+    assert stubs.calls == []
 
 
 def test_a_stage_whose_outputs_are_gone_runs_again_with_every_stage_after_it(tmp_path, recipe):
@@ -103,8 +163,7 @@ def test_until_stops_after_that_stage_of_the_last_iteration(tmp_path, recipe):
 
 
 def test_the_plan_has_only_the_stages_the_recipe_asks_for(tmp_path):
-    from selfalign.executor import Manifest
-    from selfalign.recipes import load_recipe
+    from selfalign.recipes import Recipe, load_recipe
 
     manifest = Manifest(tmp_path / "manifest.json")
     without_eval, _ = load_recipe(_recipe(tmp_path, eval=None))
@@ -121,9 +180,16 @@ def test_the_plan_has_only_the_stages_the_recipe_asks_for(tmp_path):
         [ONE + ["recheck_sample", "recheck"]] * 2
     assert [[s.stage.name for s in it] for it in plan(every, tmp_path, manifest, 2, until="verify")] == \
         [[name for _, name in BASE]]
-    # Every stage says what configures it, what it leaves and how its own work continues after a kill.
+    # Every stage says which recipe settings it reads (each one a field the recipe has), what it leaves, how its own
+    # work continues after a kill and which result model it records.
     for stage in BASE_STAGES + ITERATION_STAGES:
-        assert stage.config and stage.outputs and stage.resumes, stage.name
+        assert stage.config and stage.outputs and stage.resumes.value and stage.result, stage.name
+        for name in stage.config:
+            model = Recipe
+            for part in name.split("."):
+                assert part in model.model_fields, (stage.name, name)
+                model = model.model_fields[part].annotation
+                model = next((a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")), model)
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -131,16 +197,16 @@ def test_the_engine_is_released_before_a_step_that_does_not_sample_unless_the_ru
                                                                                             keep):
     """Without keep_engine (a GPU's default) the judge and the trainer get the memory; consecutive sampling steps
     (the base evaluation and the verifier's samples; evaluate t and generate t+1) share one engine."""
-    from selfalign.policy_engine import PolicyEngine
+    from selfalign.run.engine_server import EngineClient
 
     closed_after, stubs = set(), Stubs()
-    real_close = PolicyEngine.close
+    real_close = EngineClient.close
 
     def close(self, now=False):  # the real close, noting which stub step ran last
         closed_after.add(stubs.calls[-1] if stubs.calls else None)
         real_close(self, now)
 
-    monkeypatch.setattr(PolicyEngine, "close", close)
+    monkeypatch.setattr(EngineClient, "close", close)
     _run(_recipe(tmp_path, keep_engine=keep), tmp_path / "run", stubs)
     if keep:
         assert closed_after == {(2, "evaluate")}, "kept: closed once, at the end"
@@ -175,9 +241,9 @@ def test_an_iteration_that_turns_worse_says_so_and_stop_on_regression_ends_the_r
     printed = io.StringIO()
     run(recipe, out, display=RunDisplay(3, stream=printed), stage_table=stubs.table())
     manifest = json.loads((out / "manifest.json").read_text())
-    health = manifest["iterations"]["2"]["health"]
+    health = Manifest(out / "manifest.json").health(2)
     assert health["verdict"] == "worse" and health["vs_previous"]["right_to_wrong"] == 60
-    assert manifest["iterations"]["1"]["health"]["verdict"] == "better"
+    assert Manifest(out / "manifest.json").health(1)["verdict"] == "better"
     assert any("WARNING: worse than the previous iterate: iteration 2 vs 1: -60.0 points" in line
                for line in printed.getvalue().splitlines())
     ran_third = any(t == 3 for t, _ in stubs.calls)

@@ -109,7 +109,7 @@ def test_duplicate_samples_are_refused_not_counted_twice(tmp_path):
 
 
 def test_one_run_folder_has_one_running_process(tmp_path):
-    from selfalign.loop import RunLockedError, run_folder_lock
+    from selfalign.run.lock import RunLockedError, run_folder_lock
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

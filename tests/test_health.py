@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from selfalign.health import compare, describe, flips, iteration_health, mcnemar_exact, verdict
+from selfalign.run.health import compare, describe, flips, iteration_health, mcnemar_exact, verdict
 
 
 def test_flips_count_each_kind_of_item():
@@ -69,21 +69,24 @@ def test_iteration_health_from_a_run_folder(tmp_path):
 
 
 def test_best_iteration_and_the_flip_table(tmp_path):
-    from selfalign.health import best_iteration, flip_table
+    from selfalign.run.health import best_iteration, flip_table
 
     _write(tmp_path, 0, [0, 0, 1, 0])
     _write(tmp_path, 1, [1, 1, 1, 0])
     _write(tmp_path, 2, [1, 0, 1, 0])
     assert best_iteration(tmp_path, 2) == 1
-    manifest = {"iterations": {"0": {}, "1": {"health": iteration_health(tmp_path, 1)},
-                               "2": {"health": iteration_health(tmp_path, 2)}}}
-    table = flip_table(manifest)
+    from selfalign.run.results import Manifest
+
+    manifest = Manifest(tmp_path / "manifest.json")
+    manifest.record_health(1, iteration_health(tmp_path, 1))
+    manifest.record_health(2, iteration_health(tmp_path, 2))
+    table = flip_table(Manifest(tmp_path / "manifest.json"))
     assert table[0].startswith("| iter | greedy gain vs previous") and len(table) == 4
     assert table[3].startswith("| 2 | -25.0") and "| 0 | 1 |" in table[3]
 
 
 def test_extra_held_out_sets_in_the_health_and_the_report(tmp_path):
-    from selfalign.reporting import gain_vs_base, set_table
+    from selfalign.run.reporting import gain_vs_base, set_table
 
     for t, main, extra in ((0, [0, 0, 1, 0], [0, 0, 0, 0, 1]), (1, [1, 0, 1, 0], [1, 1, 0, 0, 1]),
                            (2, [1, 1, 1, 0], [1, 0, 0, 0, 1])):

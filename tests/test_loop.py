@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from selfalign.arithmetic import make_rephrased, make_splits
 from selfalign.cli import app
-from selfalign.loop import ITERATION_STAGES
+from selfalign.run.loop import ITERATION_STAGES
 
 TINY = {
     "name": "tiny", "model": "default", "iterations": 2, "seed": 0, "prompts_per_iteration": 8,
@@ -101,7 +101,7 @@ def test_two_iterations_with_a_kill_during_training(tmp_path):
     assert "| rephrased (n = 3) |" in (run_dir / "report.md").read_text()
     assert any(line.startswith("greedy gain vs base on rephrased: ") for line in printed)
     # The curriculum: iteration 2 retried iteration 1's prompts that had no checked answer (at most a quarter)
-    from selfalign.curriculum import prompt_status
+    from selfalign.run.curriculum import prompt_status
 
     waiting = [pid for pid, status in prompt_status(run_dir / "iter_01" / "scored.jsonl").items()
                if status == "waiting"]
@@ -273,8 +273,9 @@ def test_stage_helper_runs_a_stage_from_the_config_it_writes(tmp_path):
     """The loop's judge step goes through run_stage: its typed config on disk, read back by `selfalign judge
     --config`, including the endpoint fields (concurrency, API-key variable) the recipe's judge step now shares."""
     from selfalign.io import read_jsonl, write_jsonl
-    from selfalign import stages
-    from selfalign.executor import Manifest, Step
+    from selfalign.run import stages
+    from selfalign.run.executor import Step
+    from selfalign.run.results import Manifest
     from selfalign.recipes import load_recipe
     from selfalign.records import Sample, ScoredSample
 
@@ -292,7 +293,7 @@ def test_stage_helper_runs_a_stage_from_the_config_it_writes(tmp_path):
     assert written == {**recipe.judge.model_dump(), "judge_model": "default"}  # 'policy' resolved to iteration 1's
     assert written["concurrency"] == 3 and written["judge_api_key_env"] == "MY_KEY"
     scored = read_jsonl(it_dir / "scored.jsonl", ScoredSample)
-    assert [s.votes for s in scored] == [2, 2, 1, 0] and report["samples"] == 4
+    assert [s.votes for s in scored] == [2, 2, 1, 0] and report.samples == 4
     assert "--config" in (it_dir / "logs" / "judge.log").read_text()
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from selfalign.io import write_jsonl
-from selfalign.loop import launched
+from selfalign.run.stage_runner import launched
 from selfalign.recipes import Recipe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -171,7 +171,7 @@ def test_bf16_training_step_zero_loss_agrees_with_fp32(bf16_pairs, tmp_path):
 
 def test_base_model_jobs_come_from_the_cache_when_nothing_changed(tiny_model_path, prompts, tmp_path, monkeypatch):
     from selfalign.generation import GenerationConfig
-    from selfalign.policy_jobs import GenerateJob, PolicyJobs, finished, restore_cached, run_jobs
+    from selfalign.run.engine_server import EngineRequest, GenerateJob, finished, restore_cached, run_jobs
 
     monkeypatch.setenv("SELFALIGN_JOB_CACHE", str(tmp_path / "cache"))
 
@@ -180,7 +180,7 @@ def test_base_model_jobs_come_from_the_cache_when_nothing_changed(tiny_model_pat
         write_jsonl(folder / "prompts.jsonl", prompts[:3])
         config = GenerationConfig(**{"engine": "hf", "n": 2, "max_new_tokens": 8, "temperature": 0.7, "seed": 1,
                                      **update})
-        return PolicyJobs(model=tiny_model_path, engine="hf", seed=1, cache=True,
+        return EngineRequest(model=tiny_model_path, engine="hf", seed=1, cache=True,
                           jobs=[GenerateJob(config=config, prompts=str(folder / "prompts.jsonl"),
                                             out=str(folder / "samples.jsonl"))])
 

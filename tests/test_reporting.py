@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from selfalign.reporting import accuracy_intervals, write_report
+from selfalign.run.reporting import accuracy_intervals, write_report
+from selfalign.run.results import Manifest
 
 
 def _eval(greedy: list[int], sampled: list[float], majority: list[int]) -> dict:
@@ -49,7 +50,7 @@ def test_report_with_one_iteration_draws_intervals_and_the_verifier(tmp_path):
     from rich.console import Console
 
     out = StringIO()
-    path = write_report(run_dir, manifest, Console(file=out, width=150))
+    path = write_report(run_dir, Manifest(run_dir / "manifest.json"), Console(file=out, width=150))
     report = path.read_text()
     assert "## Verifier check (before training)" in report and "chosen answer right 60%" in report
     assert "+10.0 points" in report  # the paired gain with its interval
@@ -81,7 +82,7 @@ def test_plot_error_bars_come_from_the_eval_files(tmp_path, monkeypatch):
     (run_dir / "iter_00" / "eval.json").write_text(json.dumps(evaluation))
     manifest = {"iterations": {"0": {"stages": {"evaluate": {"greedy_accuracy": 0.2}}}}}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    write_report(run_dir, manifest, show=False)
+    write_report(run_dir, Manifest(run_dir / "manifest.json"), show=False)
     greedy = next(d for d in drawn if d[0].startswith("greedy"))
     low_err, high_err = greedy[3]
     assert greedy[2] == [0.2] and low_err[0] == pytest.approx(0.2 - 0.1333, abs=1e-3)

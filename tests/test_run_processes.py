@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from selfalign import children
-from selfalign.run_lock import RunLockedError, run_folder_lock
+from selfalign.run import children
+from selfalign.run.lock import RunLockedError, run_folder_lock
 
 from test_loop import _recipe
 
@@ -44,7 +44,7 @@ def wait_for(condition, seconds: float, what: str) -> None:
 def test_stop_ends_the_whole_group_and_the_lock_waits_for_it(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with run_folder_lock(run_dir):
+    with run_folder_lock(run_dir) as lock, children.owned_children(on_change=lock.record):
         # a child that starts a grandchild of its own, as accelerate starts its workers
         child = children.start([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
                                 "'-c', 'import time; time.sleep(300)']); time.sleep(300)"])
@@ -57,7 +57,7 @@ def test_stop_ends_the_whole_group_and_the_lock_waits_for_it(tmp_path):
 
 
 def test_a_lock_is_not_taken_over_while_a_child_of_the_dead_owner_lives(tmp_path, monkeypatch):
-    from selfalign import run_lock
+    from selfalign.run import lock as run_lock
 
     monkeypatch.setattr(run_lock, "CHILDREN_GRACE_S", 1.0)
     run_dir = tmp_path / "run"

@@ -85,21 +85,23 @@ def length_control(protocol: dict, data: Path | None, rows: list[dict], outputs:
         return {"length_controlled_win_rate": None}, {"length_controlled": "off in the protocol"}
     hub_dataset = spec.get("hub_dataset", "tatsu-lab/alpaca_eval")
     gamed, difficulty, files, reasons = None, None, {}, []
-    if spec.get("gamed_annotations"):
-        path, reason = _locate(spec["gamed_annotations"], data, hub_dataset)
-        if path:
-            gamed, files["gamed_annotations"] = lcm.load_gamed_annotations(path), str(path)
-        else:
+
+    def load(key: str, loader):
+        """The protocol's file `key`, read by `loader`; None (and why, in `reasons`) where it is not found."""
+        path, reason = _locate(spec[key], data, hub_dataset)
+        if not path:
             reasons.append(reason)
+            return None
+        files[key] = str(path)
+        return loader(path)
+
+    if spec.get("gamed_annotations"):
+        gamed = load("gamed_annotations", lcm.load_gamed_annotations)
     if gamed is not None:  # alpaca_eval takes the difficulty from the gamed annotations: the table is not needed
         firsts = gamed.drop_duplicates("index")
         difficulty = dict(zip(firsts["index"].astype(int), firsts["instruction_difficulty"].astype(float)))
     elif spec.get("instruction_difficulty"):
-        path, reason = _locate(spec["instruction_difficulty"], data, hub_dataset)
-        if path:
-            difficulty, files["instruction_difficulty"] = lcm.load_instruction_difficulty(path), str(path)
-        else:
-            reasons.append(reason)
+        difficulty = load("instruction_difficulty", lcm.load_instruction_difficulty)
     if difficulty is None:
         return ({"length_controlled_win_rate": None},
                 {"length_controlled": "not computed: " + "; ".join(reasons) +

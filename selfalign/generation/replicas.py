@@ -14,7 +14,8 @@ Two transports:
 - `ray`: one Ray actor per replica on a Ray cluster, asking for `tensor_parallel_size` GPUs (on a cluster without
   GPUs, one CPU), so Ray places replicas across the cluster's nodes. Each node needs selfalign installed and the model
   reachable (a hub id, or a path on shared storage).
-A replica reports progress through its engine's own progress bar (a file the parent reads); the parent draws one bar.
+Both run the same `ReplicaWorker` and call its methods by name (`submit(method, *args)`, then `poll`). A replica reports
+progress through its engine's own progress bar (a file its worker writes); the parent draws one bar.
 """
 
 from __future__ import annotations
@@ -79,74 +80,93 @@ def local_replica_envs(options: EngineOptions, gpus: list[str] | None, cores: li
     return envs
 
 
-def _start_replica_engine(env: dict, engine: str, model: str, seed: int, options: dict, progress_file: str):
-    """In the replica's process: its environment first (before torch or vLLM import), then its engine."""
-    os.environ.update(env)
-    os.environ[PROGRESS_ENV], os.environ[QUIET_ENV] = progress_file, "1"
-    if env.get("SELFALIGN_CPU_AFFINITY"):
-        os.sched_setaffinity(0, {int(c) for c in env["SELFALIGN_CPU_AFFINITY"].split(",")})
-    from selfalign.generation import get_engine
+class ReplicaWorker:
+    """One replica: its engine, in its own process (local) or Ray actor (ray). The parent calls these methods by name
+    through either transport (`submit(method, *args)`), so both run the same code."""
 
-    single = EngineOptions(**options).model_copy(update={"data_parallel_size": 1, "backend": "local"})
-    return get_engine(engine, model, seed=seed, options=single)
+    def __init__(self, env: dict, engine: str, model: str, seed: int, options: dict, progress_file: str | None):
+        # The environment first (before torch or vLLM import: it picks the devices and cores), then the engine.
+        os.environ.update(env)
+        self.progress_file = progress_file or tempfile.mktemp(prefix="selfalign-progress-", suffix=".json")
+        os.environ[PROGRESS_ENV], os.environ[QUIET_ENV] = self.progress_file, "1"
+        if env.get("SELFALIGN_CPU_AFFINITY"):
+            os.sched_setaffinity(0, {int(c) for c in env["SELFALIGN_CPU_AFFINITY"].split(",")})
+        from selfalign.generation import get_engine
+
+        single = EngineOptions(**options).model_copy(update={"data_parallel_size": 1, "backend": "local"})
+        self.engine = get_engine(engine, model, seed=seed, options=single)
+
+    def ready(self) -> str:
+        return self.engine.name
+
+    def node(self) -> str:
+        """Where it runs: its Ray node id, or its local process."""
+        import sys
+
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+        return f"local pid {os.getpid()}"
+
+    def generate(self, prompts: list[dict], settings: dict) -> list[dict]:
+        records = [PromptRecord(**p) for p in prompts]
+        return [s.model_dump() for s in self.engine.generate(records, SamplingSettings(**settings), progress=True)]
+
+    def load_policy(self, model: str) -> None:
+        self.engine.load_policy(model)
+
+    def progress(self) -> int:
+        """How many prompts its engine has finished, from its progress file (0 before its bar starts)."""
+        info = read_progress(Path(self.progress_file))
+        return int(info["n"]) if info and info.get("n") is not None else 0
+
+    def close(self) -> None:
+        self.engine.close()
 
 
-def _progress_count(progress_file: str) -> int:
-    """How many prompts a replica's engine has finished, from its progress file (0 before its bar starts)."""
-    info = read_progress(Path(progress_file))
-    return int(info["n"]) if info and info.get("n") is not None else 0
-
-
-def _generate_dicts(engine, prompts: list[dict], settings: dict) -> list[dict]:
-    records = [PromptRecord(**p) for p in prompts]
-    return [s.model_dump() for s in engine.generate(records, SamplingSettings(**settings), progress=True)]
-
-
-def _local_worker(conn, env, engine_name, model, seed, options, progress_file) -> None:
-    """A local replica: builds its engine, then answers (command, payload) messages until `close` or the parent's
-    end (a closed pipe)."""
+def _worker_process(conn, *worker_args) -> None:
+    """A local replica's process: builds its worker, then answers (method, args) messages until `close` or the
+    parent's end (a closed pipe)."""
     try:
-        engine = _start_replica_engine(env, engine_name, model, seed, options, progress_file)
-        conn.send(("ready", engine.name))
+        worker = ReplicaWorker(*worker_args)
+        conn.send(("done", worker.ready()))
     except BaseException as e:  # noqa: BLE001 (reported to the parent, which raises it with the replica's number)
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     try:
         while True:
             try:
-                command, payload = conn.recv()
+                method, args = conn.recv()
             except EOFError:
                 return
-            if command == "close":
+            if method == "close":
                 return
             try:
-                if command == "generate":
-                    conn.send(("done", _generate_dicts(engine, *payload)))
-                elif command == "load_policy":
-                    engine.load_policy(payload)
-                    conn.send(("done", None))
+                conn.send(("done", getattr(worker, method)(*args)))
             except Exception as e:  # noqa: BLE001 (same: the parent raises it)
                 conn.send(("error", f"{type(e).__name__}: {e}"))
     finally:
-        engine.close()
+        worker.close()
 
 
 class _LocalReplica:
+    """A replica as a spawned process on this machine, spoken to over a pipe."""
+
     def __init__(self, index: int, env: dict, engine: str, model: str, seed: int, options: dict, progress_file: str):
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: its devices are set before torch loads
         self.index, self.progress_file = index, progress_file
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_local_worker, name=f"selfalign-replica-{index}",
+        self.process = context.Process(target=_worker_process, name=f"selfalign-replica-{index}",
                                        args=(child, env, engine, model, seed, options, progress_file))
         self.process.start()
         child.close()
         self._pending = "start"
 
-    def submit(self, command: str, payload) -> None:
-        self.conn.send((command, payload))
-        self._pending = command
+    def submit(self, method: str, *args) -> None:
+        self.conn.send((method, args))
+        self._pending = method
 
     def poll(self):
         """(finished, result); raises ReplicaError if the replica failed or died."""
@@ -164,14 +184,13 @@ class _LocalReplica:
         return False, None
 
     def progress(self) -> int:
-        return _progress_count(self.progress_file)
-
-    def node(self) -> str:
-        return f"local pid {self.process.pid}"
+        # Read here, not asked: the worker answers one message at a time and is busy generating.
+        info = read_progress(Path(self.progress_file))
+        return int(info["n"]) if info and info.get("n") is not None else 0
 
     def close(self) -> None:
         try:
-            self.conn.send(("close", None))
+            self.conn.send(("close", ()))
         except (OSError, BrokenPipeError):
             pass
         self.process.join(timeout=60)
@@ -181,19 +200,21 @@ class _LocalReplica:
 
 
 class _RayReplica:
-    """A replica as a Ray actor; `max_concurrency=2` lets the parent read its progress while it generates."""
+    """A replica as a Ray actor running the same ReplicaWorker; `max_concurrency=2` lets the parent read its progress
+    while it generates."""
 
-    def __init__(self, index: int, actor_class, resources: dict, env: dict, engine: str, model: str, seed: int,
-                 options: dict):
+    def __init__(self, index: int, resources: dict, env: dict, engine: str, model: str, seed: int, options: dict):
+        import ray
+
         self.index = index
-        self.actor = actor_class.options(max_concurrency=2, **resources).remote(env, engine, model, seed, options)
+        actor_class = ray.remote(ReplicaWorker)
+        self.actor = actor_class.options(max_concurrency=2, **resources).remote(env, engine, model, seed, options, None)
         self._future = self.actor.ready.remote()
         self._pending = "start"
 
-    def submit(self, command: str, payload) -> None:
-        method = self.actor.generate if command == "generate" else self.actor.load_policy
-        self._future = method.remote(*payload) if command == "generate" else method.remote(payload)
-        self._pending = command
+    def submit(self, method: str, *args) -> None:
+        self._future = getattr(self.actor, method).remote(*args)
+        self._pending = method
 
     def poll(self):
         import ray
@@ -205,11 +226,6 @@ class _RayReplica:
             return True, ray.get(self._future)
         except Exception as e:  # noqa: BLE001 (Ray wraps the actor's error; keep its last line)
             raise ReplicaError(f"replica {self.index} (Ray actor): {str(e).strip().splitlines()[-1]}") from None
-
-    def node(self) -> str:
-        import ray
-
-        return ray.get(self.actor.node.remote())
 
     def progress(self) -> int:
         import ray
@@ -227,36 +243,6 @@ class _RayReplica:
         except Exception:  # noqa: BLE001 (the actor may be gone already)
             pass
         ray.kill(self.actor)
-
-
-def _ray_actor_class():
-    import ray
-
-    @ray.remote
-    class EngineActor:
-        def __init__(self, env, engine, model, seed, options):
-            self.progress_file = tempfile.mktemp(prefix="selfalign-progress-", suffix=".json")
-            self.engine = _start_replica_engine(env, engine, model, seed, options, self.progress_file)
-
-        def ready(self):
-            return self.engine.name
-
-        def node(self):
-            return ray.get_runtime_context().get_node_id()
-
-        def generate(self, prompts, settings):
-            return _generate_dicts(self.engine, prompts, settings)
-
-        def load_policy(self, model):
-            self.engine.load_policy(model)
-
-        def progress(self):
-            return _progress_count(self.progress_file)
-
-        def close(self):
-            self.engine.close()
-
-    return EngineActor
 
 
 def _connect_ray(address: str | None):
@@ -285,8 +271,7 @@ class ReplicatedEngine:
             on_gpu = ray.cluster_resources().get("GPU", 0) > 0
             resources = {"num_gpus": options.tensor_parallel_size, "num_cpus": 1} if on_gpu else {"num_cpus": 1}
             env = {} if on_gpu else {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-            actor = _ray_actor_class()
-            self.replicas = [_RayReplica(r, actor, resources, env, engine, model, seeds[r], option_dict)
+            self.replicas = [_RayReplica(r, resources, env, engine, model, seeds[r], option_dict)
                              for r in range(replicas)]
         else:
             envs = local_replica_envs(options, visible_gpus(), sorted(os.sched_getaffinity(0)))
@@ -327,13 +312,15 @@ class ReplicatedEngine:
         parts = shards(len(keyed), len(self.replicas))
         for r, (replica, part) in enumerate(zip(self.replicas, parts)):
             replica_settings = settings.model_copy(update={"seed": settings.seed + REPLICA_SEED_STRIDE * r})
-            replica.submit("generate", ([keyed[i].model_dump() for i in part], replica_settings.model_dump()))
+            replica.submit("generate", [keyed[i].model_dump() for i in part], replica_settings.model_dump())
         results = self._wait([len(part) for part in parts], f"generate ({self.name})", progress)
         return [Sample(**s) for part in results for s in part]
 
     def nodes(self) -> list[str]:
         """Where each replica runs: its Ray node id, or its local process."""
-        return [replica.node() for replica in self.replicas]
+        for replica in self.replicas:
+            replica.submit("node")
+        return self._wait([None] * len(self.replicas), "where")
 
     def load_policy(self, model: str) -> None:
         if model == self.model:

@@ -53,7 +53,8 @@ def job_key(spec, job) -> str | None:
     if weights is None:
         return None
     engine = resolve_engine_name(spec.engine)
-    # By kind, not class: the engine server runs as `python -m selfalign.policy_jobs`, whose classes are __main__'s.
+    # By kind, not class: the engine server runs as `python -m selfalign.run.engine_server`, whose classes are
+    # __main__'s.
     sampling = job.kind == "generate"
     source = Path(job.prompts if sampling else job.config.data)
     settings = job.model_dump(mode="json", exclude={"out", "prompts"})  # paths differ between runs; bytes do not

@@ -19,9 +19,10 @@ class RunLockedError(SelfAlignError, RuntimeError):
 @contextlib.contextmanager
 def run_folder_lock(run_dir: Path):
     """One process per run folder: `run_dir/.lock` holds the owner's PID and host, and the process groups of the
-    stage processes it runs (selfalign.children). A lock is stale, and taken over, only when the owner and all of
-    those groups are gone (a kill, a crash, a reboot): a stage left running by a killed run keeps the folder locked."""
-    from selfalign import children
+    stage processes it runs (selfalign.run.children). A lock is stale, and taken over, only when the owner and all of
+    those groups are gone (a kill, a crash, a reboot): a stage left running by a killed run keeps the folder locked.
+    Yields the lock, whose `record(groups)` the run's children call with their groups
+    (`children.owned_children(on_change=lock.record)`)."""
     lock = run_dir / ".lock"
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for _ in range(2):
@@ -49,17 +50,23 @@ def run_folder_lock(run_dir: Path):
             json.dump(me, f)
         break
 
-    def record(groups: list[int]) -> None:
+    try:
+        yield RunLock(lock, me)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+class RunLock:
+    """The lock file of a run folder this process owns."""
+
+    def __init__(self, path: Path, owner: dict):
+        self.path, self.owner = path, owner
+
+    def record(self, groups: list[int]) -> None:
+        """List the run's child process groups in the lock (a rerun waits for them)."""
         from selfalign.io import write_json
 
-        write_json(lock, {**me, "children": groups})
-
-    children.on_change = record
-    try:
-        yield
-    finally:
-        children.on_change = None
-        lock.unlink(missing_ok=True)
+        write_json(self.path, {**self.owner, "children": groups})
 
 
 def _alive(pid) -> bool:
@@ -81,7 +88,7 @@ CHILDREN_GRACE_S = 20.0
 
 def _still_running(groups: list) -> list[int]:
     """The process groups among `groups` still alive after up to CHILDREN_GRACE_S seconds of waiting for them to end."""
-    from selfalign import children
+    from selfalign.run import children
 
     deadline = time.monotonic() + CHILDREN_GRACE_S
     while True:

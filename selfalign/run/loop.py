@@ -2,7 +2,7 @@
 preference data, trains policy t+1 against policy t as the reference, exports it merged, and evaluates it.
 
 The loop is data: `BASE_STAGES` (iteration 0, before any training) and `ITERATION_STAGES` declare each stage once,
-`plan` lays them out for a recipe, and `selfalign.executor.execute` runs, skips and resumes them all the same way.
+`plan` lays them out for a recipe, and `selfalign.run.executor.execute` runs, skips and resumes them all the same way.
 Each stage writes its outputs atomically, then records itself done in `manifest.json`, so a kill at any point loses
 nothing finished.
 """
@@ -12,50 +12,50 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from selfalign import children, stages
-from selfalign.executor import Manifest, Stage, StageError, Step, execute
-from selfalign.health import best_iteration, describe, iteration_health
 from selfalign.io import describe_changes, prepare_output
-from selfalign.policy_engine import PolicyEngine
-from selfalign.progress import RunDisplay
 from selfalign.recipes import Recipe, RecipeError, check_inputs, load_recipe
-from selfalign.run_lock import RunLockedError, run_folder_lock
-from selfalign.stage_runner import launched, run_stage
+from selfalign.run import children, stages
+from selfalign.run.display import RunDisplay
+from selfalign.run.engine_server import EngineClient
+from selfalign.run.executor import Resumes, Stage, Step, execute
+from selfalign.run.health import best_iteration, describe, iteration_health
+from selfalign.run.lock import run_folder_lock
+from selfalign.run.results import Manifest
 from selfalign.versions import package_versions
 
-# Names tests and users import from here.
-__all__ = ["run", "plan", "BASE_STAGES", "ITERATION_STAGES", "UNTIL", "Manifest", "PolicyEngine", "StageError",
-           "RunLockedError", "run_folder_lock", "launched", "run_stage"]
-
-_ENGINE_JOBS = "finished engine jobs are kept (each output has a fingerprinted marker); the rest run again"
+# What the policy's samples depend on: the engine and its sampling settings, the seed, and (for the base policy)
+# the model. The iterations' own sampling also depends on the prompts and on what the trainer reads from it.
+_SAMPLED = ("model", "generation", "seed")
+_VERIFIER = ("eval.data", "verifier_check")
 
 # Iteration 0 evaluates the base policy, iteration t the policy it trained: the same stage.
-EVALUATE = Stage("evaluate", "eval", stages.evaluate, ("eval.json",), _ENGINE_JOBS, engine=True,
-                 applies=lambda recipe: recipe.eval is not None)
+EVALUATE = Stage("evaluate", (*_SAMPLED, "eval", "eval_sets"), stages.evaluate, ("eval.json",), Resumes.ENGINE_JOBS,
+                 engine=True, applies=lambda recipe: recipe.eval is not None)
 BASE_STAGES = (
     EVALUATE,
-    Stage("verifier_sample", "generation, verifier_check", stages.verifier_sample, ("verifier_samples.jsonl",),
-          _ENGINE_JOBS, engine=True, applies=stages.checks_verifier),
-    Stage("verify", "judge, pairs", stages.verify, ("verifier.json",), "runs again (the judge keeps a partial file)",
-          applies=stages.checks_verifier),
+    Stage("verifier_sample", (*_SAMPLED, *_VERIFIER), stages.verifier_sample, ("verifier_samples.jsonl",),
+          Resumes.ENGINE_JOBS, engine=True, applies=stages.checks_verifier),
+    Stage("verify", ("judge", "pairs", "judge_training", *_VERIFIER), stages.verify, ("verifier.json",),
+          Resumes.JUDGE_PARTIAL, applies=stages.checks_verifier),
 )
 # The same check on the policy an iteration trained (the next iteration's sampler), after its evaluation; named apart
 # from iteration 0's so that `--until verify` still means the check before any training.
 RECHECK_STAGES = (
-    Stage("recheck_sample", "generation, verifier_check", stages.verifier_sample, ("verifier_samples.jsonl",),
-          _ENGINE_JOBS, engine=True, applies=stages.rechecks_verifier),
-    Stage("recheck", "judge, pairs", stages.verify, ("verifier.json",), "runs again (the judge keeps a partial file)",
-          applies=stages.rechecks_verifier),
+    Stage("recheck_sample", (*_SAMPLED, *_VERIFIER), stages.verifier_sample, ("verifier_samples.jsonl",),
+          Resumes.ENGINE_JOBS, engine=True, applies=stages.rechecks_verifier),
+    Stage("recheck", ("judge", "pairs", "judge_training", *_VERIFIER), stages.verify, ("verifier.json",),
+          Resumes.JUDGE_PARTIAL, applies=stages.rechecks_verifier),
 )
 ITERATION_STAGES = (
-    Stage("generate", "generation", stages.generate, ("samples.jsonl",), _ENGINE_JOBS, engine=True),
-    Stage("judge_train", "judge_training", stages.judge_train, ("judge_training/summary.json",),
-          "each judge-train step's file is kept (fingerprinted)", applies=lambda r: r.judge_training is not None),
-    Stage("judge", "judge", stages.judge, ("scored.jsonl",), "scored samples are kept in a fingerprinted partial file"),
-    Stage("filter", "pairs", stages.filter_pairs, ("pairs.jsonl",), "runs again (seconds)"),
-    Stage("train", "train", stages.train, ("checkpoint/train_summary.json",),
-          "from its last checkpoint-N (fingerprinted: same data and config)"),
-    Stage("export", "export_dtype", stages.export, ("merged",), "runs again (seconds)"),
+    Stage("generate", (*_SAMPLED, "prompts", "prompts_per_iteration", "curriculum", "train.sampler_reference",
+                       "train.loss_type"), stages.generate, ("samples.jsonl",), Resumes.ENGINE_JOBS, engine=True),
+    Stage("judge_train", ("judge_training", "judge.judge_model", "generation.engine"), stages.judge_train,
+          ("judge_training/summary.json",), Resumes.JUDGE_TRAIN_STEPS, applies=lambda r: r.judge_training is not None),
+    Stage("judge", ("judge",), stages.judge, ("scored.jsonl",), Resumes.JUDGE_PARTIAL),
+    Stage("filter", ("pairs",), stages.filter_pairs, ("pairs.jsonl",), Resumes.RERUN),
+    Stage("train", ("train", "seed", "accelerate_config", "train_launcher"), stages.train,
+          ("checkpoint/train_summary.json",), Resumes.CHECKPOINT),
+    Stage("export", ("export_dtype",), stages.export, ("merged",), Resumes.RERUN),
     EVALUATE,
     *RECHECK_STAGES,
 )
@@ -85,7 +85,7 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
         cache: bool = True) -> Path:
     """Run (or resume) the recipe's loop in `run_dir`; `on_iteration(run_dir, manifest)` after each trained
     iteration. `stage_table`: other stages in the same shape (the tests run the loop with stubs). `cache`: the base
-    model's engine jobs come from the content-addressed cache when unchanged (selfalign.job_cache)."""
+    model's engine jobs come from the content-addressed cache when unchanged (selfalign.run.job_cache)."""
     recipe_path = Path(recipe_path)
     recipe, recipe_hash = load_recipe(recipe_path)
     check_inputs(recipe, recipe_path)
@@ -95,7 +95,8 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
     run_dir.mkdir(parents=True, exist_ok=True)
     last = min(iterations or recipe.iterations, recipe.iterations)
     display = display or RunDisplay(last)
-    with run_folder_lock(run_dir), children.owned_children():  # children end before the lock is released
+    # The children end before the lock is released; the lock lists them while they run.
+    with run_folder_lock(run_dir) as lock, children.owned_children(on_change=lock.record):
         precision = run_precision(recipe)
         display.message(f"selfalign run {recipe.name}: {last} iteration(s) in {run_dir} (stage logs in "
                         f"{run_dir}/iter_NN/logs/); sampling {precision['sampling']}, training "
@@ -103,7 +104,7 @@ def run(recipe_path: str | Path, run_dir: str | Path | None = None, force: bool 
         manifest = _open_manifest(run_dir, recipe, recipe_path, recipe_hash, force)
         manifest.data["precision"] = {name: p.as_dict() for name, p in precision.items()}
         manifest.save()
-        engines = PolicyEngine(run_dir, manifest, keep=keep_engine(recipe), cache_model=recipe.model if cache else None)
+        engines = EngineClient(run_dir, manifest, keep=keep_engine(recipe), cache_model=recipe.model if cache else None)
         try:
             steps = plan(recipe, run_dir, manifest, last, until, stage_table, engines=engines, display=display)
             try:
@@ -135,9 +136,7 @@ def _after(step: Step, steps: list[list[Step]], on_iteration) -> None:
         return
     health = iteration_health(step.run_dir, step.iteration, tuple(step.recipe.eval_sets))
     if health is not None:
-        iterations = step.manifest.data.setdefault("iterations", {})
-        iterations.setdefault(str(step.iteration), {"stages": {}})["health"] = health
-        step.manifest.save()
+        step.manifest.record_health(step.iteration, health)
         summary = describe(health)
         if step.display is not None:
             step.display.message(("WARNING: worse than the previous iterate: " if health["verdict"] == "worse"

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from selfalign.evaluation.heldout import paired_bootstrap
-from selfalign.health import flip_table, greedy_correct, points
+from selfalign.run.health import flip_table, greedy_correct, points
+from selfalign.run.results import Manifest, VerifyResult
 
 COLUMNS = [("greedy_accuracy", "greedy acc"), ("sampled_accuracy", "sampled acc"), ("majority", "maj@k"),
            ("generation_verification_gap", "gen-ver gap"), ("records", "pairs kept"), ("prompts_dropped", "prompts dropped"),
@@ -21,21 +22,22 @@ JUDGE_COLUMNS = [("judge_accuracy_before", "judge acc before"), ("judge_accuracy
                  ("judge_position_consistency", "judge pos-consistent")]
 
 
-def iteration_rows(manifest: dict) -> list[dict]:
+def iteration_rows(manifest: Manifest) -> list[dict]:
     rows = []
-    for key in sorted(manifest.get("iterations", {}), key=int):
-        stages = manifest["iterations"][key]["stages"]
-        ev, pairs, train = stages.get("evaluate") or {}, stages.get("filter") or {}, stages.get("train") or {}
-        metrics = train.get("final_metrics") or {}
-        row = {"iteration": int(key), **{k: v for k, v in ev.items() if not isinstance(v, (list, dict))}}
-        row["majority"] = next((v for k, v in ev.items() if k.startswith("majority_at_")), None)
-        row.update({k: pairs.get(k) for k in ("records", "prompts_dropped", "mean_vote_margin")})
+    for t in manifest.iterations():
+        ev, pairs = manifest.result(t, "evaluate"), manifest.result(t, "filter")
+        train, judge = manifest.result(t, "train"), manifest.result(t, "judge_train")
+        metrics = train.final_metrics if train else {}
+        row = {"iteration": t, **(ev.numbers() if ev else {})}
+        row["majority"] = ev.majority if ev else None
+        row.update({"records": pairs.records, "prompts_dropped": pairs.prompts_dropped,
+                    "mean_vote_margin": pairs.mean_vote_margin} if pairs else {})
         row.update({"rewards/margins": metrics.get("rewards/margins"), "loss": metrics.get("loss")})
-        judge = stages.get("judge_train") or {}
-        row.update({"judge_accuracy_before": judge.get("accuracy_before"), "judge_accuracy": judge.get("accuracy"),
-                    "judge_position_consistency": judge.get("position_consistency")})
-        row["seconds"] = sum(s.get("seconds", 0) for s in stages.values() if isinstance(s, dict))
-        row["drops"] = {k: v for k, v in pairs.items() if k.startswith(("dropped_", "pairs_dropped_"))}
+        if judge:
+            row.update({"judge_accuracy_before": judge.accuracy_before, "judge_accuracy": judge.accuracy,
+                        "judge_position_consistency": judge.position_consistency})
+        row["seconds"] = sum(seconds for (it, _), seconds in manifest.seconds().items() if it == t)
+        row["drops"] = pairs.drops if pairs else {}
         rows.append(row)
     return rows
 
@@ -89,15 +91,16 @@ def set_table(run_dir: Path, sets: list[str]) -> list[str]:
     return lines
 
 
-def write_report(run_dir: Path, manifest: dict, console: Console | None = None, show: bool = True) -> Path:
+def write_report(run_dir: Path, manifest: Manifest, console: Console | None = None, show: bool = True) -> Path:
     rows = iteration_rows(manifest)
+    data = manifest.data
     columns = COLUMNS + (JUDGE_COLUMNS if any(row.get("judge_accuracy") is not None for row in rows) else [])
-    table = Table(title=f"selfalign run: {manifest.get('recipe', {}).get('name', run_dir.name)}")
+    table = Table(title=f"selfalign run: {data.get('recipe', {}).get('name', run_dir.name)}")
     table.add_column("iter")
     for _, label in columns:
         table.add_column(label, justify="right")
-    md = [f"# Run report: {manifest.get('recipe', {}).get('name', run_dir.name)}", "",
-          f"Recipe `{manifest.get('recipe_path')}` (sha256 `{str(manifest.get('recipe_sha256'))[:12]}`). "
+    md = [f"# Run report: {data.get('recipe', {}).get('name', run_dir.name)}", "",
+          f"Recipe `{data.get('recipe_path')}` (sha256 `{str(data.get('recipe_sha256'))[:12]}`). "
           "Iteration 0 is the base policy.", "",
           "| iter | " + " | ".join(label for _, label in columns) + " |",
           "|---" * (len(columns) + 1) + "|"]
@@ -110,7 +113,7 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
         md += ["", f"Greedy accuracy gain of iteration {gain['iteration']} over the base: {gain['gain'] * 100:+.1f} "
                f"points (paired bootstrap 95% interval {gain['ci95_low'] * 100:+.1f} to {gain['ci95_high'] * 100:+.1f}, "
                f"n = {gain['n']})."]
-    sets = list(manifest.get("recipe", {}).get("eval_sets") or {})
+    sets = list(data.get("recipe", {}).get("eval_sets") or {})
     set_lines = set_table(run_dir, sets)
     if set_lines:
         md += ["", "## Held-out sets", "", "Greedy accuracy on each held-out set (Wilson 95% intervals); the last "
@@ -120,19 +123,19 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
         md += ["", "## Iteration health", "", "Each trained iteration against the one before it, item by item on the "
                "same held-out problems (paired bootstrap interval, McNemar's exact test on the items that flipped), "
                "and its own samples' diversity.", "", *health]
-    stopped = manifest.get("stopped")
+    stopped = data.get("stopped")
     if stopped:
         md += ["", f"**Stopped after iteration {stopped['after_iteration']}** ({stopped['reason']}). The best iterate "
                f"is iteration {stopped['best_iteration']}: `{stopped['best_model']}`."]
-    verifier = _verifier(manifest)
+    verifier = manifest.result(0, "verify")
     if verifier:
-        md += ["", "## Verifier check (before training)", "", verifier["explanation"] + ".", "",
-               f"On {verifier['prompts']} held-out prompts sampled and filtered as the recipe does: coverage "
-               f"{verifier['coverage']:.0%}, chosen answer right {_percent(verifier.get('precision'))} "
-               f"(95% interval {_interval(verifier.get('precision_ci95'))}), pick accuracy "
-               f"{verifier['pick_accuracy']:.1%}, rejected answer right {_percent(verifier.get('rejected_right'))}; "
-               f"the policy's greedy accuracy on the kept prompts {_percent(verifier.get('greedy_accuracy_kept'))}, "
-               f"sampled {_percent(verifier.get('sampled_accuracy_kept'))}. Details: `iter_00/verifier.json`."]
+        md += ["", "## Verifier check (before training)", "", verifier.explanation + ".", "",
+               f"On {verifier.prompts} held-out prompts sampled and filtered as the recipe does: coverage "
+               f"{verifier.coverage:.0%}, chosen answer right {_percent(verifier.precision)} "
+               f"(95% interval {_interval(verifier.precision_ci95)}), pick accuracy "
+               f"{verifier.pick_accuracy:.1%}, rejected answer right {_percent(verifier.rejected_right)}; "
+               f"the policy's greedy accuracy on the kept prompts {_percent(verifier.greedy_accuracy_kept)}, "
+               f"sampled {_percent(verifier.sampled_accuracy_kept)}. Details: `iter_00/verifier.json`."]
     rechecks = verifier_rows(manifest)
     if len(rechecks) > 1:
         md += ["", "## Verifier check per policy", "", "The same check on each policy the loop sampled from (policy "
@@ -144,7 +147,7 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
     for row in rows:
         if row["drops"]:
             md.append(f"- iteration {row['iteration']}: " + ", ".join(f"{k} {v}" for k, v in row["drops"].items()))
-    plot = _plot(run_dir, rows)
+    plot = _plot(run_dir, rows, verifier)
     if plot:
         md += ["", f"![metrics across iterations]({plot.name})", ""]
     path = run_dir / "report.md"
@@ -154,8 +157,8 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
     console = console or Console(width=150)
     console.print(table)
     if verifier:
-        console.print(("verifier check: " if verifier["verdict"] == "stronger" else "WARNING: ") +
-                      verifier["explanation"], markup=False)
+        console.print(("verifier check: " if verifier.verdict == "stronger" else "WARNING: ") +
+                      verifier.explanation, markup=False)
     if gain:
         console.print(f"greedy gain vs base: {points(gain)} points")
     for name in sets:
@@ -165,23 +168,17 @@ def write_report(run_dir: Path, manifest: dict, console: Console | None = None, 
     return path
 
 
-def verifier_rows(manifest: dict) -> list[str]:
+def verifier_rows(manifest: Manifest) -> list[str]:
     """One table row per verifier check: iteration 0's (policy 1, the base) and each iteration's recheck."""
     rows = []
-    for key in sorted(manifest.get("iterations", {}), key=int):
-        stages = manifest["iterations"][key].get("stages", {})
-        found = stages.get("verify" if key == "0" else "recheck")
+    for t in manifest.iterations():
+        found = manifest.result(t, "verify" if t == 0 else "recheck")
         if found:
-            low, high = found.get("precision_ci95") or (None, None)
+            low, high = found.precision_ci95 or (None, None)
             bounds = "-" if low is None else f"{low:.0%}, {high:.0%}"
-            rows.append(f"| {int(key) + 1} | {found['coverage']:.0%} | {_percent(found.get('precision'))} "
-                        f"[{bounds}] | "
-                        f"{_percent(found.get('greedy_accuracy_kept'))} | {found['verdict']} |")
+            rows.append(f"| {t + 1} | {found.coverage:.0%} | {_percent(found.precision)} [{bounds}] | "
+                        f"{_percent(found.greedy_accuracy_kept)} | {found.verdict} |")
     return rows
-
-
-def _verifier(manifest: dict) -> dict | None:
-    return manifest.get("iterations", {}).get("0", {}).get("stages", {}).get("verify")
 
 
 def _percent(value) -> str:
@@ -215,7 +212,7 @@ def _read_eval(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _plot(run_dir: Path, rows: list[dict]) -> Path | None:
+def _plot(run_dir: Path, rows: list[dict], verifier: VerifyResult | None) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,11 +232,9 @@ def _plot(run_dir: Path, rows: list[dict]) -> Path | None:
             values = [v[0] for _, v in points]
             errors = [[v[0] - v[1] for _, v in points], [v[2] - v[0] for _, v in points]]
             left.errorbar(px, values, yerr=errors, marker="o", capsize=4, label=f"{label} (95% CI)")
-    verifier = _verifier(json.loads((run_dir / "manifest.json").read_text())) if (run_dir / "manifest.json").exists() \
-        else None
-    if verifier and verifier.get("precision") is not None:
-        low, high = verifier["precision_ci95"]
-        precision = verifier["precision"]
+    if verifier is not None and verifier.precision is not None:
+        low, high = verifier.precision_ci95
+        precision = verifier.precision
         left.errorbar([0.12], [precision], yerr=[[precision - low], [high - precision]], marker="*", markersize=10,
                       capsize=4, linestyle="none", color="black", label="verifier: chosen answers right")
     left.set_ylim(bottom=0)

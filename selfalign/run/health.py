@@ -149,11 +149,12 @@ def best_iteration(run_dir: Path, last: int) -> int:
     return max(scores, key=lambda t: (scores[t], -t)) if scores else last
 
 
-def flip_table(manifest: dict) -> list[str]:
-    """report.md's health table: one row per trained iteration that has its health recorded."""
+def flip_table(manifest) -> list[str]:
+    """report.md's health table: one row per trained iteration that has its health recorded (`manifest`: the
+    run's selfalign.run.results.Manifest)."""
     rows = []
-    for key in sorted(manifest.get("iterations", {}), key=int):
-        health = manifest["iterations"][key].get("health")
+    for key in manifest.iterations():
+        health = manifest.health(key)
         if not health:
             continue
         p, samples = health["vs_previous"], health.get("samples") or {}

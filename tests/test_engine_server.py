@@ -1,5 +1,6 @@
-"""Several generation jobs on one engine (`selfalign policy-jobs`): each output atomic with its marker, finished jobs
-skipped, changed ones redone; and the engine server that keeps one engine for a whole run and switches policies."""
+"""The run's engine server (selfalign.run.engine_server): several generation jobs on one engine, each output atomic
+with its marker, finished jobs skipped, changed ones redone; one engine for a whole run that switches policies and
+refuses a request for another layout; the client the loop uses, and the job cache."""
 
 import io
 import json
@@ -12,8 +13,10 @@ from selfalign.arithmetic import make_splits
 from selfalign.evaluation.heldout import HeldoutConfig
 from selfalign.generation import GenerationConfig
 from selfalign.io import write_jsonl
-from selfalign.policy_jobs import GenerateJob, HeldoutJob, PolicyJobs, finished, run_jobs, serve
-from selfalign.progress import RunDisplay
+from selfalign.errors import StageError
+from selfalign.run.display import RunDisplay
+from selfalign.run.engine_server import EngineClient, EngineRequest, GenerateJob, HeldoutJob, finished, run_jobs, serve
+from selfalign.run.results import Manifest
 
 
 @pytest.fixture()
@@ -25,7 +28,7 @@ def job_files(tmp_path):
 
 
 def _spec(folder, model, out="a", n=2):
-    return PolicyJobs(model=model, engine="hf", seed=0, jobs=[
+    return EngineRequest(model=model, engine="hf", seed=0, jobs=[
         HeldoutJob(config=HeldoutConfig(data=str(folder / "heldout.jsonl"), k=2, max_new_tokens=8),
                    out=str(folder / out / "eval.json")),
         GenerateJob(config=GenerationConfig(engine="hf", n=n, max_new_tokens=8, seed=1),
@@ -67,18 +70,25 @@ def test_engine_server_keeps_one_engine_and_switches_policies(job_files, tiny_mo
     real_get_engine = generation.get_engine
     monkeypatch.setattr(generation, "get_engine", lambda *a, **k: starts.append(a) or real_get_engine(*a, **k))
     requests = []
-    for name, model_path in (("first", tiny_model_path), ("second", str(other)), ("bad", tiny_model_path)):
+    for name, model_path in (("first", tiny_model_path), ("second", str(other)), ("bad", tiny_model_path),
+                             ("other-layout", tiny_model_path)):
         spec = _spec(job_files, model_path, out=name)
+        if name == "other-layout":  # the running engine was built for another context length
+            spec = spec.model_copy(update={"options": spec.options.model_copy(update={"max_model_len": 512})})
         path = job_files / f"{name}.json"
         path.write_text(spec.model_dump_json() if name != "bad" else '{"model": "x", "jobs": [{"kind": "nope"}]}')
         requests.append(json.dumps({"jobs": str(path), "progress": str(job_files / f"{name}.progress.json")}))
     serve(io.StringIO("\n".join(requests) + "\n"), console=None)
 
     assert len(starts) == 1, "one engine for every policy"
-    results = {name: json.loads((job_files / f"{name}.json.result.json").read_text()) for name in ("first", "second",
-                                                                                                  "bad")}
+    results = {name: json.loads((job_files / f"{name}.json.result.json").read_text())
+               for name in ("first", "second", "bad", "other-layout")}
     assert results["first"] == results["second"] == {"ok": True}
     assert not results["bad"]["ok"] and "nope" in results["bad"]["error"]
+    refused = results["other-layout"]
+    assert not refused["ok"]
+    assert "layout is not the running engine's (max_model_len: 2048 there, 512 now" in refused["error"]
+    assert not (job_files / "other-layout").exists(), "a refused request writes nothing"
     texts = lambda name: [json.loads(line)["text"] for line in  # noqa: E731
                            (job_files / name / "samples.jsonl").read_text().splitlines()]
     assert texts("first") != texts("second"), "the second job ran on the second policy's weights"
@@ -89,24 +99,23 @@ def test_engine_server_keeps_one_engine_and_switches_policies(job_files, tiny_mo
 
 
 @pytest.mark.parametrize("keep", [False, True])
-def test_the_loops_policy_engine_runs_jobs_in_a_server_kept_or_released_between_steps(job_files, tiny_model_path, keep):
-    from selfalign.loop import Manifest, PolicyEngine, StageError
-
+def test_the_loops_engine_client_runs_jobs_in_a_server_kept_or_released_between_steps(job_files, tiny_model_path,
+                                                                                      keep):
     manifest = Manifest(job_files / "manifest.json")
-    engines = PolicyEngine(job_files, manifest, keep=keep)
+    engines = EngineClient(job_files, manifest, keep=keep)
     try:
         for name in ("one", "two"):
             spec = _spec(job_files, tiny_model_path, out=name)
-            markers = engines.run(spec.model, spec.jobs, 0, GenerationConfig(engine="hf"), job_files / name, "evaluate")
+            markers = engines.run(spec, job_files / name, "evaluate")
             assert [m["prompts"] for m in markers] == [3, 3]
             engines.release()  # a step that does not sample comes next: the engine ends unless the run keeps it
             assert (engines.server is not None) == keep
-        assert engines.run(spec.model, spec.jobs, 0, GenerationConfig(engine="hf"), job_files / "two", "evaluate") == markers  # done: skipped
+        assert engines.run(spec, job_files / "two", "evaluate") == markers  # done: skipped
         assert manifest.data["engine_starts"] == (1 if keep else 2)
         bad = _spec(job_files, tiny_model_path, out="bad")
         bad.jobs[0].config.data = str(job_files / "missing.jsonl")
         with pytest.raises(StageError, match="missing.jsonl"):
-            engines.run(bad.model, bad.jobs, 0, GenerationConfig(engine="hf"), job_files / "bad", "evaluate")
+            engines.run(bad, job_files / "bad", "evaluate")
         if keep:  # the server reported the failure and serves on
             assert engines.server.poll() is None
     finally:
@@ -116,22 +125,20 @@ def test_the_loops_policy_engine_runs_jobs_in_a_server_kept_or_released_between_
 
 def test_the_engine_server_stores_base_model_jobs_in_the_cache_and_a_second_run_starts_no_engine(
         job_files, tiny_model_path, monkeypatch):
-    """Through the real server process (`python -m selfalign.policy_jobs`, whose job classes are __main__'s): both job
-    kinds are stored with every file they write, and the same jobs in another run folder are restored before any
-    engine starts."""
+    """Through the real server process (`python -m selfalign.run.engine_server`, whose job classes are __main__'s):
+    both job kinds are stored with every file they write, and the same jobs in another run folder are restored before
+    any engine starts."""
     from selfalign.evaluation.files import samples_path
-    from selfalign.loop import Manifest, PolicyEngine
 
     monkeypatch.setenv("SELFALIGN_JOB_CACHE", str(job_files / "cache"))
     manifest = Manifest(job_files / "manifest.json")
-    engines = PolicyEngine(job_files, manifest, keep=False, cache_model=tiny_model_path)
+    engines = EngineClient(job_files, manifest, keep=False, cache_model=tiny_model_path)
     printed = io.StringIO()
     display = RunDisplay(1, stream=printed)
     try:
         for name in ("one", "two"):
             spec = _spec(job_files, tiny_model_path, out=name)
-            markers = engines.run(spec.model, spec.jobs, 0, GenerationConfig(engine="hf"), job_files / name,
-                                  "evaluate", display=display)
+            markers = engines.run(spec, job_files / name, "evaluate", display=display)
             engines.release()
             assert [bool(m.get("cached")) for m in markers] == ([False, False] if name == "one" else [True, True])
     finally:

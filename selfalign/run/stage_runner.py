@@ -14,9 +14,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from selfalign import children, yaml_io
-from selfalign.executor import StageError
-from selfalign.progress import PROGRESS_ENV, RunDisplay, read_progress
+from selfalign import yaml_io
+from selfalign.errors import StageError
+from selfalign.progress import PROGRESS_ENV, read_progress
+from selfalign.run import children
+from selfalign.run.display import RunDisplay
 
 CLI_MODULE = ["-m", "selfalign.cli"]
 CLI = [sys.executable, *CLI_MODULE]

@@ -1,5 +1,6 @@
-"""The loop's stages, each a function of its step (`selfalign.executor.Step`) that does the stage's one unit of work
-and returns what the manifest records. `selfalign.loop` declares which run when."""
+"""The loop's stages, each a function of its step (`selfalign.run.executor.Step`) that does the stage's one unit of
+work and returns its result model (selfalign.run.results), which the manifest records. `selfalign.run.loop` declares
+which run when."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import json
 import sys
 from pathlib import Path
 
-from selfalign.curriculum import draw
-from selfalign.executor import StageError, Step
+from selfalign.errors import StageError
 from selfalign.io import read_jsonl, write_json, write_jsonl
 from selfalign.losses import LOSSES
 from selfalign.records import PromptRecord
-from selfalign.stage_runner import CLI_MODULE, launched, run_stage
+from selfalign.run.curriculum import draw
+from selfalign.run.engine_server import EngineRequest, GenerateJob, HeldoutJob
+from selfalign.run.executor import Step
+from selfalign.run.results import (EvalResult, ExportResult, FilterResult, JudgeResult, JudgeTrainResult, SampleResult,
+                                   TrainResult, VerifyResult)
+from selfalign.run.stage_runner import CLI_MODULE, launched, run_stage
 from selfalign.training.config import TrainConfig
 
 
@@ -33,7 +38,6 @@ def judge_of(run_dir: Path, recipe, iteration: int) -> str:
 
 def generate_job(recipe, it_dir: Path, iteration: int):
     """Iteration t's sampling job: its prompts (selfalign.curriculum; answers stripped) in iter_NN/prompts.jsonl."""
-    from selfalign.policy_jobs import GenerateJob
     from selfalign.training.data import record_kind
 
     prompts = read_jsonl(recipe.prompts, PromptRecord)
@@ -54,8 +58,6 @@ def generate_job(recipe, it_dir: Path, iteration: int):
 def verifier_job(recipe, it_dir: Path):
     """The verifier check's sampling job: the first `verifier_check` held-out prompts, sampled as the recipe samples
     its training prompts (answers stripped; they are read back only to measure)."""
-    from selfalign.policy_jobs import GenerateJob
-
     prompts = [p for p in read_jsonl(recipe.eval.data, PromptRecord) if p.answer is not None][:recipe.verifier_check]
     path = it_dir / "verifier_prompts.jsonl"
     write_jsonl(path, [p.model_copy(update={"answer": None}) for p in prompts])
@@ -74,8 +76,6 @@ def rechecks_verifier(recipe) -> bool:
 def heldout_jobs(recipe, it_dir: Path) -> list:
     """The evaluation's jobs: eval.data into eval.json, then each of `eval_sets` greedily (same settings, all its
     prompts) into eval_<name>.json. The extra sets come last: the main evaluation's samples do not depend on them."""
-    from selfalign.policy_jobs import HeldoutJob
-
     jobs = [HeldoutJob(config=recipe.eval, seed=recipe.seed, out=str(it_dir / "eval.json"))]
     for name, path in recipe.eval_sets.items():
         greedy_only = recipe.eval.model_copy(update={"data": path, "limit": None, "k": 0, "sampled_limit": None,
@@ -84,15 +84,22 @@ def heldout_jobs(recipe, it_dir: Path) -> list:
     return jobs
 
 
-def generate(step: Step) -> dict:
+def engine_request(recipe, policy: str, jobs: list, seed: int) -> EngineRequest:
+    """Jobs on `policy`, on the recipe's engine and layout; `seed` seeds the engine if this request starts it."""
+    generation = recipe.generation
+    return EngineRequest(model=policy, engine=generation.engine, options=generation.engine_options(), seed=seed,
+                         jobs=jobs)
+
+
+def generate(step: Step) -> SampleResult:
     recipe = step.recipe
     job = generate_job(recipe, step.it_dir, step.iteration)
-    [marker] = step.engines.run(policy_of(step.run_dir, recipe, step.iteration), [job], job.config.seed, job.config,
-                                step.it_dir, "generate", step.display)
-    return {"prompts": marker["prompts"], "samples": marker["samples"], "engine_seconds": marker["seconds"]}
+    request = engine_request(recipe, policy_of(step.run_dir, recipe, step.iteration), [job], job.config.seed)
+    [marker] = step.engines.run(request, step.it_dir, "generate", step.display)
+    return SampleResult(prompts=marker["prompts"], samples=marker["samples"], engine_seconds=marker["seconds"])
 
 
-def judge_train(step: Step) -> dict:
+def judge_train(step: Step) -> JudgeTrainResult:
     """One Self-Taught Evaluator round on this iteration's prompts: judge t-1 -> judge t (selfalign judge-train)."""
     recipe, out = step.recipe, step.it_dir / "judge_training"
     run_stage(["judge-train"], recipe.judge_training, step.it_dir, display=step.display,
@@ -100,19 +107,19 @@ def judge_train(step: Step) -> dict:
               judge_model=judge_of(step.run_dir, recipe, step.iteration - 1), engine=recipe.generation.engine)
     summary = json.loads((out / "summary.json").read_text())
     before, after = summary["iterations"]["0"], summary["iterations"]["1"]
-    return {"judge": after["judge"], "records": after["train_records"], "accuracy_before": before["accuracy"],
-            "accuracy": after["accuracy"], "accuracy_ci95": after["accuracy_ci95"],
-            "position_consistency": after["position_consistency"], "heldout_pairs": after["pairs"]}
+    return JudgeTrainResult(judge=after["judge"], records=after["train_records"], accuracy_before=before["accuracy"],
+                            accuracy=after["accuracy"], accuracy_ci95=after["accuracy_ci95"],
+                            position_consistency=after["position_consistency"], heldout_pairs=after["pairs"])
 
 
-def judge(step: Step) -> dict:
+def judge(step: Step) -> JudgeResult:
     config = step.recipe.judge.model_copy(update={"judge_model": judge_of(step.run_dir, step.recipe, step.iteration)})
     run_stage(["judge"], config, step.it_dir, display=step.display, samples=step.it_dir / "samples.jsonl",
               out=step.it_dir / "scored.jsonl")
-    return json.loads((step.it_dir / "scored.report.json").read_text())
+    return JudgeResult.model_validate_json((step.it_dir / "scored.report.json").read_text())
 
 
-def filter_pairs(step: Step) -> dict:
+def filter_pairs(step: Step) -> FilterResult:
     from selfalign.pairs import build_preferences
     from selfalign.records import ScoredSample
 
@@ -121,10 +128,10 @@ def filter_pairs(step: Step) -> dict:
         raise StageError(f"iteration {step.iteration}: no preference data survived the filters: {report}")
     write_jsonl(step.it_dir / "pairs.jsonl", records)
     write_json(step.it_dir / "pairs.report.json", report)
-    return report
+    return FilterResult.model_validate(report)
 
 
-def train(step: Step) -> dict:
+def train(step: Step) -> TrainResult:
     recipe = step.recipe
     values = {**recipe.train.model_dump(), "model": policy_of(step.run_dir, recipe, step.iteration)}
     if "seed" not in recipe.train.model_fields_set:
@@ -139,33 +146,36 @@ def train(step: Step) -> dict:
     run_stage(["train"], TrainConfig.model_validate(values), step.it_dir, launch=launch, display=step.display,
               pairs=step.it_dir / "pairs.jsonl", out=step.it_dir / "checkpoint")
     summary = json.loads((step.it_dir / "checkpoint" / "train_summary.json").read_text())
-    return {"steps": summary["steps"], "final_metrics": summary["final_metrics"],
-            "reference": summary.get("reference", {})}
+    return TrainResult(steps=summary["steps"], final_metrics=summary["final_metrics"],
+                       reference=summary.get("reference", {}))
 
 
-def export(step: Step) -> dict:
+def export(step: Step) -> ExportResult:
     from selfalign.export import export as export_merged
 
-    recipe, manifest = step.recipe, step.manifest.data
+    recipe, manifest = step.recipe, step.manifest
+    counts, evaluation = {}, {}
+    for t in manifest.iterations():
+        results = manifest.results(t)
+        counts[str(t)] = {name: found.get("records") or found.get("samples") for name, result in results.items()
+                          if (found := result.model_dump()).get("records") or found.get("samples")}
+        if "evaluate" in results:
+            evaluation[str(t)] = {k: v for k, v in results["evaluate"].numbers().items() if isinstance(v, float)}
     info = {"name": f"{recipe.name} iteration {step.iteration}", "recipe": recipe.name,
-            "recipe_sha256": manifest.get("recipe_sha256"), "iteration": step.iteration,
+            "recipe_sha256": manifest.data.get("recipe_sha256"), "iteration": step.iteration,
             "loss_type": recipe.train.loss_type, "base_model": recipe.model,
             "hyperparameters": {k: v for k, v in recipe.train.model_dump(exclude={"model"}).items()
                                 if not isinstance(v, (dict, list))},
-            "data_counts": {str(t): {s: v.get("records", v.get("samples")) for s, v in it["stages"].items()
-                                     if isinstance(v, dict) and (v.get("records") or v.get("samples"))}
-                            for t, it in manifest.get("iterations", {}).items()},
-            "evaluation": {str(t): {k: v for k, v in (it["stages"].get("evaluate") or {}).items()
-                                    if isinstance(v, float)} for t, it in manifest.get("iterations", {}).items()}}
+            "data_counts": counts, "evaluation": evaluation}
     info["intervals"] = _intervals(step.run_dir, info["evaluation"])
     result = export_merged(step.it_dir / "checkpoint", step.it_dir / "merged", dtype=recipe.export_dtype, force=True,
                            card_info=info)
-    return {"max_logit_diff": result["max_logit_diff"]}
+    return ExportResult(max_logit_diff=result["max_logit_diff"])
 
 
 def _intervals(run_dir: Path, evaluation: dict) -> dict:
     """Each evaluated iteration's 95% intervals, under the names the evaluate stage records."""
-    from selfalign.reporting import accuracy_intervals
+    from selfalign.run.reporting import accuracy_intervals
 
     intervals = {}
     for t, numbers in evaluation.items():
@@ -178,31 +188,32 @@ def _intervals(run_dir: Path, evaluation: dict) -> dict:
     return intervals
 
 
-def evaluate(step: Step) -> dict:
+def evaluate(step: Step) -> EvalResult:
     """Held-out accuracy of the policy this iteration trained (iteration 0: the base policy)."""
     recipe = step.recipe
-    step.engines.run(policy_of(step.run_dir, recipe, step.iteration + 1), heldout_jobs(recipe, step.it_dir),
-                     recipe.seed, recipe.generation, step.it_dir, "evaluate", step.display)
+    policy = policy_of(step.run_dir, recipe, step.iteration + 1)
+    step.engines.run(engine_request(recipe, policy, heldout_jobs(recipe, step.it_dir), recipe.seed), step.it_dir,
+                     "evaluate", step.display)
     result = json.loads((step.it_dir / "eval.json").read_text())
     numbers = {k: v for k, v in result.items() if not isinstance(v, list)}
     for name in recipe.eval_sets:
         found = json.loads((step.it_dir / f"eval_{name}.json").read_text())
         numbers[f"{name}_greedy_accuracy"] = found["greedy_accuracy"]
-    return numbers
+    return EvalResult.model_validate(numbers)
 
 
-def verifier_sample(step: Step) -> dict:
+def verifier_sample(step: Step) -> SampleResult:
     """The verifier check's samples: the first `verifier_check` held-out prompts, sampled as the recipe samples its
     training prompts, from the policy the next iteration samples (iteration 0: the base policy; iteration t, with
     `verifier_check_every_iteration`: the policy it trained)."""
     recipe = step.recipe
     job = verifier_job(recipe, step.it_dir)
-    [marker] = step.engines.run(policy_of(step.run_dir, recipe, step.iteration + 1), [job], recipe.seed,
-                                recipe.generation, step.it_dir, "verifier-sample", step.display)
-    return {"prompts": marker["prompts"], "samples": marker["samples"], "engine_seconds": marker["seconds"]}
+    request = engine_request(recipe, policy_of(step.run_dir, recipe, step.iteration + 1), [job], recipe.seed)
+    [marker] = step.engines.run(request, step.it_dir, "verifier-sample", step.display)
+    return SampleResult(prompts=marker["prompts"], samples=marker["samples"], engine_seconds=marker["seconds"])
 
 
-def verify(step: Step) -> dict:
+def verify(step: Step) -> VerifyResult:
     """The verifier check: the recipe's judge and filters on held-out prompts, compared with their answers and with
     the policy's greedy answers from the same iteration's evaluation (selfalign.verifier_check). Says at once when
     the verifier is not stronger."""
@@ -226,4 +237,4 @@ def verify(step: Step) -> dict:
         where = "" if step.iteration == 0 else f" (policy {step.iteration + 1})"
         step.display.message((f"verifier check{where}: " if result["verdict"] == "stronger" else f"WARNING{where}: ")
                              + result["explanation"])
-    return {k: v for k, v in result.items() if k != "filter_report"}
+    return VerifyResult.model_validate({k: v for k, v in result.items() if k != "filter_report"})

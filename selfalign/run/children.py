@@ -4,8 +4,8 @@
 - On Linux each child gets a parent-death signal (SIGTERM when the run's process dies, even by SIGKILL).
 - `owned_children()` wraps a run: on SIGTERM (turned into SystemExit), Ctrl-C or any error, every child group still
   running gets SIGTERM, then SIGKILL after a grace period, before the run's lock is released.
-- The run folder's lock lists the children's process groups (`on_change`), so a rerun takes over a lock only when
-  neither its owner nor any of those groups is alive.
+- The run folder's lock lists the children's process groups (`owned_children(on_change=...)`), so a rerun takes
+  over a lock only when neither its owner nor any of those groups is alive.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 _running: dict[int, subprocess.Popen] = {}  # process-group id -> child, for this process's run
-on_change: Callable[[list[int]], None] | None = None  # the run lock's writer: the groups to record
+_on_change: Callable[[list[int]], None] | None = None  # set by owned_children: who records the running groups
 
 
 def _die_with_parent() -> None:  # in the child, before exec (the loop starts its stages from its only thread)
@@ -74,8 +74,8 @@ def group_alive(pgid: int) -> bool:
 
 
 def _changed() -> None:
-    if on_change is not None:
-        on_change(sorted(_running))
+    if _on_change is not None:
+        _on_change(sorted(_running))
 
 
 def _terminate(signum, frame):
@@ -83,14 +83,18 @@ def _terminate(signum, frame):
 
 
 @contextlib.contextmanager
-def owned_children():
-    """Within this block SIGTERM ends the run as Ctrl-C does, and leaving it, by any way, stops every child."""
+def owned_children(on_change: Callable[[list[int]], None] | None = None):
+    """Within this block SIGTERM ends the run as Ctrl-C does, and leaving it, by any way, stops every child.
+    `on_change(groups)`: called with the running children's process groups whenever they change (the run lock)."""
+    global _on_change
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    _on_change = on_change
     try:
         yield
     finally:
         for process in list(_running.values()):
             stop(process)
+        _on_change = None
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
