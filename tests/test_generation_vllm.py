@@ -72,7 +72,7 @@ def test_vllm_logprobs_are_the_trainers_reference(vllm_engine):
     measured here up to about 3e-4 nats per sequence (max 4.5e-5 per token) at T=0.7."""
     from selfalign.arithmetic import make_splits
     from selfalign.models import load_model
-    from selfalign.pairs import _make_pair
+    from selfalign.pairs import make_pair
     from selfalign.records import ScoredSample, group_by_prompt
     from selfalign.training.config import TrainConfig
     from selfalign.training.data import tokenize_records
@@ -81,7 +81,7 @@ def test_vllm_logprobs_are_the_trainers_reference(vllm_engine):
     rows, _ = make_splits(8, 0, seed=4)
     samples = vllm_engine.generate([PromptRecord(**r) for r in rows],
                                    SamplingSettings(n=2, temperature=0.7, max_new_tokens=96, logprobs=True))
-    pairs = [_make_pair(g[0], g[1], 1.0, 1.0, 0.0)
+    pairs = [make_pair(g[0], g[1], 1.0, 1.0, 0.0)
              for g in group_by_prompt(ScoredSample(**s.model_dump()) for s in samples).values()]
     tokenizer = vllm_engine.tokenizer
     examples = tokenize_records(tokenizer, pairs, "dpo", 1024, 512)

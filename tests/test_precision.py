@@ -13,7 +13,7 @@ from selfalign.arithmetic import make_splits
 from selfalign.generation import SamplingSettings, get_engine
 from selfalign.io import write_jsonl
 from selfalign.judging.answers import answer_state
-from selfalign.pairs import _make_pair
+from selfalign.pairs import make_pair
 from selfalign.precision import native_bf16, sampling_precision, training_precision
 from selfalign.records import PromptRecord, ScoredSample, group_by_prompt
 from selfalign.training.config import TrainConfig
@@ -108,7 +108,7 @@ def test_a_sample_stops_at_its_first_answer_and_is_a_prefix_of_the_full_sample(h
 def _pairs_from(samples):
     pairs = []
     for group in group_by_prompt(ScoredSample(**s.model_dump()) for s in samples).values():
-        pairs.append(_make_pair(group[0], group[1], 1.0, 1.0, 0.0))
+        pairs.append(make_pair(group[0], group[1], 1.0, 1.0, 0.0))
     return pairs
 
 

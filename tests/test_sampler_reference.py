@@ -9,7 +9,7 @@ import torch
 from selfalign.arithmetic import make_splits
 from selfalign.generation import SamplingSettings, get_engine
 from selfalign.io import write_jsonl
-from selfalign.pairs import _make_pair
+from selfalign.pairs import make_pair
 from selfalign.records import PromptRecord, ScoredSample, group_by_prompt
 from selfalign.training.config import TrainConfig
 from selfalign.training.data import tokenize_records
@@ -29,7 +29,7 @@ def sampled():
                                                         seed=1))
     pairs = []
     for group in group_by_prompt(ScoredSample(**s.model_dump()) for s in samples).values():
-        pairs.append(_make_pair(group[0], group[1], 1.0, 1.0, 0.0))
+        pairs.append(make_pair(group[0], group[1], 1.0, 1.0, 0.0))
     return engine, samples, pairs
 
 
