@@ -15,7 +15,8 @@ from selfalign.generation import GenerationConfig
 from selfalign.io import write_jsonl
 from selfalign.errors import StageError
 from selfalign.run.display import RunDisplay
-from selfalign.run.engine_server import EngineClient, EngineRequest, GenerateJob, HeldoutJob, finished, run_jobs, serve
+from selfalign.run.engine_server import (EngineClient, EngineRequest, GenerateJob, HeldoutJob, finished, job_fingerprint,
+                                         run_jobs, serve)
 from selfalign.run.results import Manifest
 
 
@@ -53,6 +54,27 @@ def test_jobs_write_outputs_and_markers_and_skip_when_done(job_files, tiny_model
     assert finished(changed.jobs[0], tiny_model_path) is None
 
 
+def test_a_request_file_holds_the_layout_once_and_one_request_has_one_layout(job_files, tiny_model_path):
+    from pydantic import ValidationError
+
+    from selfalign.generation.options import EngineOptions
+
+    plain = _spec(job_files, tiny_model_path)
+    with pytest.raises(ValidationError, match="sets dtype other than the request's"):
+        EngineRequest.model_validate({**plain.model_dump(), "options": {"dtype": "bfloat16"}})
+    job = plain.jobs[1].model_copy(update={"config": plain.jobs[1].config.model_copy(update={"dtype": "bfloat16"})})
+    request = EngineRequest(model=tiny_model_path, engine="hf", options=EngineOptions(dtype="bfloat16"),
+                            jobs=[plain.jobs[0], job])
+    data = request.file_data()
+    [generate] = [job for job in data["jobs"] if job["kind"] == "generate"]
+    assert "dtype" not in generate["config"] and "engine" not in generate["config"] and generate["config"]["n"] == 2
+    assert data["options"]["dtype"] == "bfloat16" and json.dumps(data).count('"dtype"') == 1
+    again = EngineRequest.model_validate(data)
+    assert again == request and again.jobs[1].config.dtype == "bfloat16"  # the job's config is whole again
+    # so a job read back from the file has the fingerprint its writer computed
+    assert job_fingerprint(again.jobs[1], tiny_model_path) == job_fingerprint(job, tiny_model_path)
+
+
 def test_engine_server_keeps_one_engine_and_switches_policies(job_files, tiny_model_path, tmp_path, monkeypatch):
     from selfalign import generation
 
@@ -76,7 +98,8 @@ def test_engine_server_keeps_one_engine_and_switches_policies(job_files, tiny_mo
         if name == "other-layout":  # the running engine was built for another context length
             spec = spec.model_copy(update={"options": spec.options.model_copy(update={"max_model_len": 512})})
         path = job_files / f"{name}.json"
-        path.write_text(spec.model_dump_json() if name != "bad" else '{"model": "x", "jobs": [{"kind": "nope"}]}')
+        bad = {"model": "x", "jobs": [{"kind": "nope"}]}
+        path.write_text(json.dumps(spec.file_data() if name != "bad" else bad))  # as the client writes them
         requests.append(json.dumps({"jobs": str(path), "progress": str(job_files / f"{name}.progress.json")}))
     serve(io.StringIO("\n".join(requests) + "\n"), console=None)
 

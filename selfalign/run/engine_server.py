@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from selfalign import yaml_io
 from selfalign.evaluation.heldout import HeldoutConfig
@@ -64,6 +64,11 @@ class HeldoutJob(BaseModel):
 Job = Annotated[Union[GenerateJob, HeldoutJob], Field(discriminator="kind")]
 
 
+# A sampling job's config is a whole GenerationConfig, whose layout fields are the request's: the request file holds
+# them once (`engine`, `options`), and each job's config takes them from there when read back.
+LAYOUT_FIELDS = ("engine", *EngineOptions.model_fields)
+
+
 class EngineRequest(BaseModel):
     """The jobs of one policy, in order, and the engine (kind and layout) they run on."""
 
@@ -76,6 +81,38 @@ class EngineRequest(BaseModel):
     cache: bool = Field(False, description="take finished jobs from the content-addressed cache and store new ones "
                         "there (selfalign.run.job_cache)")
     jobs: list[Job]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _jobs_take_the_layout(cls, data):
+        if not isinstance(data, dict):
+            return data
+        options = data.get("options") or {}
+        layout = {"engine": data.get("engine", "auto"),
+                  **(options.model_dump() if isinstance(options, BaseModel) else options)}
+        jobs = [{**job, "config": {**layout, **job["config"]}}
+                if isinstance(job, dict) and job.get("kind") == "generate" and isinstance(job.get("config"), dict)
+                else job for job in data.get("jobs", [])]
+        return {**data, "jobs": jobs}
+
+    @model_validator(mode="after")
+    def _one_layout(self):
+        layout = {"engine": self.engine, **self.options.model_dump()}
+        for job in self.jobs:
+            if isinstance(job, GenerateJob):
+                differs = [name for name in LAYOUT_FIELDS if getattr(job.config, name) != layout[name]]
+                if differs:
+                    raise ValueError(f"the job writing {job.out} sets {', '.join(differs)} other than the request's "
+                                     "engine and options: one request runs on one engine")
+        return self
+
+    def file_data(self) -> dict:
+        """What the request file holds: the layout once (the sampling jobs' configs without it)."""
+        data = self.model_dump(mode="json")
+        for job in data["jobs"]:
+            if job["kind"] == "generate":
+                job["config"] = {k: v for k, v in job["config"].items() if k not in LAYOUT_FIELDS}
+        return data
 
 
 def job_fingerprint(job: GenerateJob | HeldoutJob, model: str) -> str:
@@ -248,7 +285,7 @@ class EngineClient:
             restore_cached(request)  # here, not in the server: a run whose jobs are all cached starts no engine
         if any(finished(job, policy) is None for job in jobs):
             config_path = it_dir / "config" / f"{name}.yaml"
-            yaml_io.write(config_path, request.model_dump(mode="json"))
+            yaml_io.write(config_path, request.file_data())
             self._send(config_path, it_dir / "logs" / f"{name}.log", display)
         markers = [finished(job, policy) for job in jobs]
         for job, marker in zip(jobs, markers):
