@@ -15,8 +15,8 @@ from selfalign.generation import GenerationConfig
 from selfalign.io import write_jsonl
 from selfalign.errors import StageError
 from selfalign.run.display import RunDisplay
-from selfalign.run.engine_server import (EngineClient, EngineRequest, GenerateJob, HeldoutJob, finished, job_fingerprint,
-                                         run_jobs, serve)
+from selfalign.run.engine_server import (EngineClient, EngineRequest, GenerateJob, HeldoutJob, finished,
+                                         job_fingerprint, run_jobs, serve)
 from selfalign.run.results import Manifest
 
 
