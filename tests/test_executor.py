@@ -85,11 +85,16 @@ def test_every_declared_stage_runs_in_order_and_a_rerun_skips_them_all(tmp_path,
     manifest = Manifest(out / "manifest.json")
     assert manifest.data["finished"] and manifest.result(2, "train").status == "done"
     assert manifest.result(1, "generate").prompts == EVERY.index((1, "generate")) + 1  # its own result
-    # Every stage kind's result comes back from the manifest as the model it was returned as, equal to it.
+    # Every stage kind's result comes back from the manifest as the model it was returned as, equal to it, with the
+    # fingerprint of the recipe settings that stage reads.
+    from selfalign.recipes import load_recipe
+
+    loaded, _ = load_recipe(recipe)
+    stages = {stage.name: stage for stage in BASE_STAGES + ITERATION_STAGES}
     for t, name in EVERY:
         found = manifest.result(t, name)
-        assert type(found) is RESULTS[name]
-        expected = RESULTS[name].model_validate({**EXAMPLES[name], "seconds": found.seconds,
+        assert type(found) is RESULTS[name] and found.config == stages[name].settings(loaded)
+        expected = RESULTS[name].model_validate({**EXAMPLES[name], "seconds": found.seconds, "config": found.config,
                                                  **({"prompts": found.prompts} if name == "generate" else {})})
         assert found == expected, name
     assert manifest.result(0, "evaluate").majority == 0.3 and manifest.result(1, "filter").drops == \

@@ -40,9 +40,9 @@ def test_piped_output_is_plain_lines_with_summaries():
     display = RunDisplay(2, stream=out, plain_every=0.0)
     display.start(1, "generate")
     display.update({"desc": "generate (vllm)", "n": 36, "total": 72, "unit": "prompts"})
-    display.done(SampleResult(prompts=72, samples=576, engine_seconds=249.0), 250.04)
+    display.done(SampleResult(prompts=72, samples=576, engine_seconds=249.0, seconds=250.04))
     display.start(0, "evaluate")
-    display.done(None, 0.0, skipped=True)
+    display.skipped()
     lines = out.getvalue().splitlines()
     assert lines[0] == "iter 1/2 · generate · started"
     assert lines[1].startswith("iter 1/2 · generate · generate (vllm) 36/72 prompts · 0:00 elapsed")
@@ -57,7 +57,7 @@ def test_terminal_output_updates_one_line_in_place():
     display = RunDisplay(1, stream=out)
     display.start(1, "train")
     display.update({"desc": "train", "n": 3, "total": 14, "unit": "steps"})
-    display.done(TrainResult(steps=14, final_metrics={"loss": 0.5}), 61.2)
+    display.done(TrainResult(steps=14, final_metrics={"loss": 0.5}, seconds=61.2))
     text = out.getvalue()
     assert text.count("\n") == 1, "the live line is rewritten, only the summary ends a line"
     assert text.endswith("\r\x1b[2Kiter 1/1 · train · done in 61.2 s (14 steps)\n")

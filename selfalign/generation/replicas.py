@@ -80,6 +80,12 @@ def local_replica_envs(options: EngineOptions, gpus: list[str] | None, cores: li
     return envs
 
 
+def prompts_finished(progress_file: str) -> int:
+    """How many prompts a replica's engine has finished, from its progress file (0 before its bar starts)."""
+    info = read_progress(Path(progress_file))
+    return int(info["n"]) if info and info.get("n") is not None else 0
+
+
 class ReplicaWorker:
     """One replica: its engine, in its own process (local) or Ray actor (ray). The parent calls these methods by name
     through either transport (`submit(method, *args)`), so both run the same code."""
@@ -116,9 +122,7 @@ class ReplicaWorker:
         self.engine.load_policy(model)
 
     def progress(self) -> int:
-        """How many prompts its engine has finished, from its progress file (0 before its bar starts)."""
-        info = read_progress(Path(self.progress_file))
-        return int(info["n"]) if info and info.get("n") is not None else 0
+        return prompts_finished(self.progress_file)
 
     def close(self) -> None:
         self.engine.close()
@@ -185,8 +189,7 @@ class _LocalReplica:
 
     def progress(self) -> int:
         # Read here, not asked: the worker answers one message at a time and is busy generating.
-        info = read_progress(Path(self.progress_file))
-        return int(info["n"]) if info and info.get("n") is not None else 0
+        return prompts_finished(self.progress_file)
 
     def close(self) -> None:
         try:

@@ -64,19 +64,19 @@ class RunDisplay:
             self.last_plain = now
             self._write(line)
 
-    def done(self, result, seconds: float, skipped: bool = False) -> None:
-        """The stage's summary line: its counts and, for an evaluation, its greedy accuracy (`result`: the stage's
-        result model, selfalign.run.results)."""
-        if skipped:
-            self._write(f"{self.label} · done earlier, skipped")
-            return
-        found = result.model_dump() if result is not None else {}
+    def skipped(self) -> None:
+        self._write(f"{self.label} · done earlier, skipped")
+
+    def done(self, result) -> None:
+        """The stage's summary line: its seconds, its counts and, for an evaluation, its greedy accuracy (`result`:
+        the stage's result model, selfalign.run.results)."""
+        found = result.model_dump()
         counts = ", ".join(f"{found[key]} {key}" for key in ("prompts", "samples", "records", "steps", "num_prompts")
                            if found.get(key) is not None)
         accuracy = found.get("greedy_accuracy")
         if accuracy is not None:
             counts = ", ".join(filter(None, [counts, f"greedy accuracy {accuracy:.1%}"]))
-        self._write(f"{self.label} · done in {seconds:.1f} s" + (f" ({counts})" if counts else ""))
+        self._write(f"{self.label} · done in {result.seconds:.1f} s" + (f" ({counts})" if counts else ""))
 
     def failed(self, seconds: float) -> None:
         self._write(f"{self.label} · failed after {seconds:.1f} s")

@@ -34,9 +34,12 @@ from selfalign import yaml_io
 from selfalign.evaluation.heldout import HeldoutConfig
 from selfalign.generation import EngineName, GenerationConfig
 from selfalign.generation.options import EngineOptions
+from selfalign.errors import StageError
 from selfalign.io import fingerprint, write_json, write_jsonl
+from selfalign.progress import read_progress
 from selfalign.run import children
 from selfalign.run.job_cache import job_key, restore, store
+from selfalign.run.stage_runner import tail
 
 SERVER_MODULE = "selfalign.run.engine_server"
 
@@ -95,9 +98,13 @@ class EngineRequest(BaseModel):
                 else job for job in data.get("jobs", [])]
         return {**data, "jobs": jobs}
 
+    def layout(self) -> dict:
+        """The engine and its options, as one mapping (what a running engine was built for)."""
+        return {"engine": self.engine, **self.options.model_dump(mode="json")}
+
     @model_validator(mode="after")
     def _one_layout(self):
-        layout = {"engine": self.engine, **self.options.model_dump()}
+        layout = self.layout()
         for job in self.jobs:
             if isinstance(job, GenerateJob):
                 differs = [name for name in LAYOUT_FIELDS if getattr(job.config, name) != layout[name]]
@@ -228,8 +235,7 @@ def refuse_other_layout(running: EngineRequest, request: EngineRequest, path: Pa
     """The running engine was built for `running`'s engine and layout; a request for another cannot run on it."""
     from selfalign.io import describe_changes
 
-    before = {"engine": running.engine, **running.options.model_dump(mode="json")}
-    after = {"engine": request.engine, **request.options.model_dump(mode="json")}
+    before, after = running.layout(), request.layout()
     if before != after:
         raise ValueError(f"{path}: its engine layout is not the running engine's ({describe_changes(before, after)}, "
                          "'there' being the running engine); a run uses one layout for all its sampling")
@@ -259,8 +265,6 @@ def _run_one(engine, job: GenerateJob | HeldoutJob, model: str) -> dict:
 
 def main() -> None:
     """`python -m selfalign.run.engine_server`: serve the job files named on standard input (started by the client)."""
-    import sys
-
     from selfalign.cli_utils import console, setup_logging
 
     setup_logging()
@@ -304,10 +308,6 @@ class EngineClient:
                                      stdout=open(server_log, "a"), stderr=subprocess.STDOUT, env=env)
 
     def _send(self, config_path: Path, log_path: Path, display) -> None:
-        from selfalign.progress import read_progress
-        from selfalign.errors import StageError
-        from selfalign.run.stage_runner import tail
-
         server_log = self.run_dir / "logs" / "engine.log"
         if self.server is None or self.server.poll() is not None:
             self._start(server_log)

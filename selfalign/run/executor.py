@@ -83,8 +83,7 @@ class Step:
         """The manifest's record of this step, if it finished with the recipe's current settings and its outputs
         are still there (a record from before settings were recorded counts as current)."""
         result = self.manifest.result(self.iteration, self.stage.name)
-        recorded = self.manifest.config(self.iteration, self.stage.name)
-        if result is None or recorded not in (None, self.stage.settings(self.recipe)):
+        if result is None or result.config not in (None, self.stage.settings(self.recipe)):
             return None
         return result if all((self.it_dir / name).exists() for name in self.stage.outputs) else None
 
@@ -99,7 +98,7 @@ def execute(steps: list[Step], before=None, after=None) -> None:
             display.start(step.iteration, step.stage.name)
         if i < first:
             if display is not None:
-                display.done(None, 0.0, skipped=True)
+                display.skipped()
         else:
             if i == first and first > 0 and display is not None:
                 display.message(f"resuming at {step.stage.name}: {step.stage.resumes.value}")
@@ -112,9 +111,10 @@ def execute(steps: list[Step], before=None, after=None) -> None:
                 if display is not None:
                     display.failed(time.perf_counter() - started)
                 raise
-            result = result.model_copy(update={"seconds": round(time.perf_counter() - started, 1)})
-            step.manifest.record(step.iteration, step.stage.name, result, config=step.stage.settings(step.recipe))
+            result = result.model_copy(update={"seconds": round(time.perf_counter() - started, 1),
+                                               "config": step.stage.settings(step.recipe)})
+            step.manifest.record(step.iteration, step.stage.name, result)
             if display is not None:
-                display.done(result, result.seconds)
+                display.done(result)
         if after is not None:
             after(step)

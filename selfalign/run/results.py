@@ -36,11 +36,13 @@ Number = int | float | None
 
 
 class StageResult(BaseModel):
-    """What every stage's record holds: that it finished, and its wall seconds (the executor fills them in)."""
+    """What every stage's record holds: that it finished, its wall seconds and the fingerprint of the recipe settings
+    it ran with (the executor fills both in; `config` is None in records from before it was recorded)."""
 
     model_config = ConfigDict(extra="forbid")
     status: Literal["done"] = "done"
     seconds: float = 0.0
+    config: str | None = None
 
 
 class SampleResult(StageResult):
@@ -71,7 +73,7 @@ class EvalResult(StageResult):
 
     def numbers(self) -> dict[str, Number]:
         """Every accuracy-like number, by its recorded name."""
-        return {k: v for k, v in self.model_dump(exclude={"status", "seconds", "model", "engine"}).items()
+        return {k: v for k, v in self.model_dump(exclude={"status", "seconds", "config", "model", "engine"}).items()
                 if isinstance(v, (int, float))}
 
 
@@ -190,7 +192,7 @@ class Manifest:
         if record is None:
             return None
         try:
-            return RESULTS[stage].model_validate({k: v for k, v in record.items() if k != "config"})
+            return RESULTS[stage].model_validate(record)
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
@@ -201,18 +203,12 @@ class Manifest:
         """Every finished stage of the iteration, in the order they finished."""
         return {name: self.result(iteration, name) for name in self._iteration(iteration).get("stages", {})}
 
-    def record(self, iteration: int, stage: str, result: StageResult, config: str | None = None) -> None:
-        """Record the stage finished (after its outputs are written). `config`: the fingerprint of the recipe
-        settings it ran with (selfalign.run.executor)."""
+    def record(self, iteration: int, stage: str, result: StageResult) -> None:
+        """Record the stage finished (after its outputs are written)."""
         if not isinstance(result, RESULTS[stage]):
             raise TypeError(f"stage {stage} returned {type(result).__name__}, not {RESULTS[stage].__name__}")
-        stages = self._iteration(iteration, create=True)["stages"]
-        stages[stage] = {**result.model_dump(mode="json"), **({"config": config} if config else {})}
+        self._iteration(iteration, create=True)["stages"][stage] = result.model_dump(mode="json")
         self.save()
-
-    def config(self, iteration: int, stage: str) -> str | None:
-        """The recipe-settings fingerprint the stage was recorded with (None: an older run, or not finished)."""
-        return (self._iteration(iteration).get("stages", {}).get(stage) or {}).get("config")
 
     def seconds(self) -> dict[tuple[int, str], float]:
         """Each finished stage's wall seconds, by (iteration, stage)."""
