@@ -7,10 +7,15 @@ MKL_ENABLE_INSTRUCTIONS) that run.sh sets; this file covers the rest, which read
 
 import os
 
+torch_cpu = None
 if os.environ.get("SELFALIGN_EMULATE_AVX2") == "1":
-    import torch.cpu
+    try:  # a Python without torch (the one that creates a venv, pip before torch is installed) has nothing to hide
+        import torch.cpu as torch_cpu
+    except ImportError:
+        pass
 
+if torch_cpu is not None:
     for probe in ("_is_avx512_supported", "_is_avx512_bf16_supported", "_is_avx512_vnni_supported",
                   "_is_amx_tile_supported", "_is_amx_fp16_supported"):
-        if hasattr(torch.cpu, probe):
-            setattr(torch.cpu, probe, lambda: False)
+        if hasattr(torch_cpu, probe):
+            setattr(torch_cpu, probe, lambda: False)
