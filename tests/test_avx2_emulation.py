@@ -8,34 +8,32 @@ from pathlib import Path
 
 import pytest
 
+from selfalign.precision import FLAGS_ENV, cpu_flags
+
 RUN_SH = Path(__file__).resolve().parents[1] / "benchmarks" / "avx2" / "run.sh"
 
 
-def cpuinfo_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-pytestmark = pytest.mark.skipif("avx2" not in cpuinfo_flags(), reason="needs an x86 CPU with AVX2")
+@pytest.fixture(autouse=True)
+def the_cpus_own_flags(monkeypatch):
+    """The suite sets an AVX2 machine's flags (conftest); these tests need the CPU's own, as run.sh reads them."""
+    monkeypatch.delenv(FLAGS_ENV, raising=False)
+    if "avx2" not in cpu_flags():
+        pytest.skip("needs an x86 CPU with AVX2")
 
 
 def run_under(code: str, **env) -> str:
-    environment = {k: v for k, v in os.environ.items() if k != "SELFALIGN_CPU_FLAGS"}  # conftest sets it
-    environment.update(env)
-    return subprocess.run([str(RUN_SH), sys.executable, "-c", code], env=environment, check=True,
+    return subprocess.run([str(RUN_SH), sys.executable, "-c", code], env={**os.environ, **env}, check=True,
                           capture_output=True, text=True).stdout.strip()
 
 
 def test_the_flags_are_the_cpus_without_avx512_and_amx():
     seen = set(run_under("import os; print(os.environ['SELFALIGN_CPU_FLAGS'])").split())
-    expected = {flag for flag in cpuinfo_flags() if not flag.startswith(("avx512", "amx"))}
+    expected = {flag for flag in cpu_flags() if not flag.startswith(("avx512", "amx"))}
     assert seen == expected
 
 
 def test_flags_set_by_the_caller_are_kept():
-    flags = run_under("import os; print(os.environ['SELFALIGN_CPU_FLAGS'])", SELFALIGN_CPU_FLAGS="avx2 fma")
+    flags = run_under("import os; print(os.environ['SELFALIGN_CPU_FLAGS'])", **{FLAGS_ENV: "avx2 fma"})
     assert flags == "avx2 fma"
 
 
