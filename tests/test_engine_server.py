@@ -146,6 +146,27 @@ def test_the_loops_engine_client_runs_jobs_in_a_server_kept_or_released_between_
     assert engines.server is None
 
 
+def test_the_cache_key_holds_the_vllm_engines_cpu_block_size(job_files, tiny_model_path, monkeypatch):
+    """The KV block size changes which random draws vLLM's samples get: jobs sampled under another default are a
+    miss, not reused. The hf engine has no blocks: its key does not move."""
+    from selfalign.generation import vllm_available
+    from selfalign.generation import vllm_engine
+    from selfalign.run.job_cache import job_key
+
+    monkeypatch.delenv("SELFALIGN_JOB_CACHE", raising=False)
+    hf = _spec(job_files, tiny_model_path)
+    keys = lambda spec: [job_key(spec, job) for job in spec.jobs]  # noqa: E731
+    before = keys(hf)
+    monkeypatch.setattr(vllm_engine, "CPU_BLOCK_SIZE", 64)
+    assert keys(hf) == before and None not in before
+    if not vllm_available():
+        return
+    on_vllm = hf.model_copy(update={"engine": "vllm"})
+    at_64 = keys(on_vllm)
+    monkeypatch.setattr(vllm_engine, "CPU_BLOCK_SIZE", 32)
+    assert all(a != b for a, b in zip(at_64, keys(on_vllm)))
+
+
 def test_the_engine_server_stores_base_model_jobs_in_the_cache_and_a_second_run_starts_no_engine(
         job_files, tiny_model_path, monkeypatch):
     """Through the real server process (`python -m selfalign.run.engine_server`, whose job classes are __main__'s):

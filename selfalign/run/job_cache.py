@@ -44,6 +44,7 @@ def weights_digest(model: str) -> str | None:
 def job_key(spec, job) -> str | None:
     """The cache key of `job` in `spec` (a PolicyJobs), or None where it cannot be cached."""
     from selfalign.generation import resolve_engine_name
+    from selfalign.generation.vllm_engine import CPU_BLOCK_SIZE
     from selfalign.precision import sampling_precision
     from selfalign.versions import package_versions
 
@@ -61,7 +62,10 @@ def job_key(spec, job) -> str | None:
     if not sampling:
         settings["config"].pop("data")
     settings["config"].pop("dtype", None)  # the precision it resolves to is in the key: auto may be bf16 here
-    return fingerprint({"weights": weights, "job": settings, "engine": engine, "seed": spec.seed,
+    # The engine's own defaults that change what it samples (the KV block size changes how requests are batched,
+    # so which random draws each sample gets; a user's engine_kwargs are in the layout).
+    defaults = {"cpu_block_size": CPU_BLOCK_SIZE} if engine == "vllm" else {}
+    return fingerprint({"weights": weights, "job": settings, "engine": engine, "seed": spec.seed, **defaults,
                         "layout": spec.options.model_dump(mode="json", exclude={"dtype"}),
                         "precision": sampling_precision(spec.options.dtype).dtype if engine == "vllm"
                         else spec.options.dtype,
