@@ -57,9 +57,12 @@ def main() -> None:
     for round_ in range(args.rounds):
         for size in BLOCK_SIZES:
             out = folder / f"{size}-{round_}.json"
-            subprocess.run([sys.executable, __file__, "--prompts", str(args.prompts), "--worker", str(size), str(out)],
-                           check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            done = subprocess.run([sys.executable, __file__, "--prompts", str(args.prompts), "--worker", str(size),
+                                   str(out)], env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:  # vLLM's start-up log is long: show only the end, where the error is
+                sys.exit(f"block {size}: the worker failed (exit {done.returncode}):\n" +
+                         "\n".join(done.stderr.splitlines()[-15:]))
             result = json.loads(out.read_text())
             results[size].append(result)
             print(f"block {size:>3}, round {round_ + 1}: {result['tokens']} tokens in {result['seconds']:.1f} s = "
